@@ -12,7 +12,8 @@ LAYOUTS_DIR = DATA_DIR / "layouts"
 
 COUNTRIES_GEOJSON = GEOGRAPHY_DIR / "ne_50m_admin_0_countries_EEA38_UK.geojson"
 S2_SQUARES_CSV = GEOGRAPHY_DIR / "s2_mgrs_squares.csv"
-PRODUCT_DEFINITION_JSON = GEOGRAPHY_DIR / "clms_clcplus_ras_s2023_r10m.json"
+CONVENTIONS_DIR = DATA_DIR / "conventions"
+PRODUCT_DEFINITION_JSON = CONVENTIONS_DIR / "clms_clcplus_ras_s2023_r10m.json"
 
 DEFAULT_LAYOUT = LAYOUTS_DIR / "pu_layout_138.geojson"
 DEMO_LAYOUT = LAYOUTS_DIR / "pu_layout_demo.geojson"

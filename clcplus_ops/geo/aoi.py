@@ -65,15 +65,25 @@ def countries() -> gpd.GeoDataFrame:
     return gdf[["ADM0_A3", "NAME", "geometry"]].sort_values("ADM0_A3").reset_index(drop=True)
 
 
+# Parts of Natural Earth's country features outside the EEA38 + UK production area (the EEA39
+# boundary): Norway's Svalbard, Bjornoya and Jan Mayen, and the Caribbean Netherlands.
+EXCLUDED_LONLAT_BOXES: dict[str, tuple[float, float, float, float]] = {
+    "Svalbard and Bjornoya": (5.0, 73.5, 40.0, 81.5),
+    "Jan Mayen": (-10.0, 70.5, -7.0, 71.5),
+    "Caribbean Netherlands": (-70.0, 11.5, -62.5, 18.5),
+}
+
+
 def _dom_lonlat_boxes() -> list[BaseGeometry]:
     return [box(*d.lonlat_box) for d in DOMS.values()]
 
 
 @lru_cache(maxsize=1)
 def land_lonlat() -> BaseGeometry:
-    """Land of EEA38 + UK without the DOMs, EPSG:4326."""
+    """Land of EEA38 + UK without the DOMs and the excluded territories, EPSG:4326."""
     land = shapely.union_all(countries().geometry.values)
-    return land.difference(shapely.union_all(_dom_lonlat_boxes()))
+    cut = _dom_lonlat_boxes() + [box(*b) for b in EXCLUDED_LONLAT_BOXES.values()]
+    return land.difference(shapely.union_all(cut))
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,184 @@
+"""The ``clcplus`` command: every stage and report runs here without a scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clcplus_ops.config import ConfigError, load_config
+
+
+def _config(args):
+    return load_config(args.config)
+
+
+def cmd_config_show(args) -> int:
+    sys.stdout.write(_config(args).to_yaml())
+    return 0
+
+
+def cmd_grid_report(args) -> int:
+    from clcplus_ops.geo.grid_report import product_tile_report
+
+    config = _config(args)
+    report = product_tile_report(config.grid.aoi_buffer_m)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"100 km tiles covering EEA38+UK (AOI buffered {config.grid.aoi_buffer_m:g} m): {report['computed']}")
+    print(f"official CLCplus 2023 tile codes: {report['official']}")
+    print(f"matching: {report['matching']}; official but not computed: {len(report['missing'])}; "
+          f"computed but not official: {len(report['extra'])}")
+    for reason, codes in report["missing_by_reason"].items():
+        print(f"  missing, {reason}: {len(codes)}: {' '.join(codes)}")
+    for reason, codes in report["extra_by_reason"].items():
+        print(f"  extra, {reason}: {len(codes)}: {' '.join(codes)}")
+    for name, cells in report["excluded_territories"].items():
+        print(f"  not in the AOI: {name} ({cells['cells']} cells, {cells['official']} of them official)")
+    print(f"plus the 5 French DOMs as whole-territory tiles: {', '.join(report['doms'])}")
+    return 0
+
+
+def cmd_layout_report(args) -> int:
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.tile_index import tile_index
+
+    config = _config(args)
+    path = config.layout_path(args.layout)
+    grid = config.for_layout(args.layout).grid
+    units = load_layout(path)
+    areas = [u.area_km2 for u in units.values()]
+    start = time.perf_counter()
+    tiles = tile_index(path, grid)
+    counts = [len(tiles[p]) for p in units]
+    print(f"layout {args.layout}: {path}")
+    print(f"production units: {len(units)}; total area {sum(areas):,.0f} km2 (ATBD coverage: 6,002,105 km2)")
+    print(f"PU area km2: min {min(areas):,.0f}, median {statistics.median(areas):,.0f}, max {max(areas):,.0f}")
+    print(f"tiles of {grid.tile_size_m / 1000:g} km per PU (buffer {grid.pu_buffer_m / 1000:g} km): "
+          f"min {min(counts)}, median {statistics.median(counts):g}, max {max(counts)}, total {sum(counts)} "
+          f"(tile index in {time.perf_counter() - start:.1f} s)")
+    if args.verbose:
+        for pu_id, unit in units.items():
+            print(f"  {pu_id:8s} {unit.area_km2:>12,.0f} km2 {len(tiles[pu_id]):>4d} tiles  {unit.crs:11s} {unit.name}")
+    return 0
+
+
+def cmd_tiles(args) -> int:
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.tiles import tiles_for_pu
+
+    config = _config(args)
+    units = load_layout(config.layout_path(args.layout))
+    if args.pu_id not in units:
+        print(f"error: no production unit {args.pu_id!r} in the {args.layout} layout", file=sys.stderr)
+        return 2
+    grid = config.for_layout(args.layout).grid
+    for tile in tiles_for_pu(units[args.pu_id], grid.tile_size_m, grid.pu_buffer_m, grid.pixel_size_m):
+        print(tile.tile_id, tile.crs, *tile.bounds)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from clcplus_ops.plan import plan_tiles
+
+    plan = plan_tiles(_config(args), args.layout, args.pu_id, args.year, args.only_tiles)
+    print(f"{len(plan.tiles)} tiles planned: {plan.plan_url}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from clcplus_ops.embedded import airflow_env, write_embedded_config
+    from clcplus_ops.geo.layout import layout_index
+
+    repo, home = Path(args.repo).resolve(), Path(args.home).resolve()
+    if not (repo / "dags").is_dir():
+        print(f"error: {repo} has no dags/ folder; run from the repository root or pass --repo", file=sys.stderr)
+        return 2
+    if args.fresh and home.exists():
+        shutil.rmtree(home)
+    config_path = write_embedded_config(home, home / "config.yaml")
+    env = airflow_env(home, repo, config_path)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    started = time.perf_counter()
+    print(f"demo: Airflow home {env['AIRFLOW_HOME']} (SQLite, LocalExecutor), store {home / 'store'}")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    config = load_config(config_path)
+    units = [u["pu_id"] for u in layout_index(config.layout_path("demo"))]
+    for pu_id in units:
+        dag_id = f"clcplus_pu_{pu_id}"
+        print(f"demo: running {dag_id} for reference year {args.year}")
+        # The logical date is the day the acquisition window closed.
+        result = subprocess.run([airflow, "dags", "test", dag_id, f"{args.year + 1}-04-01"], env=env)
+        if result.returncode:
+            print(f"demo: {dag_id} failed (exit {result.returncode})", file=sys.stderr)
+            return result.returncode
+    from clcplus_ops.store import join
+    from clcplus_ops.plan import pu_url, store_for
+
+    store = store_for(config)
+    for pu_id in units:
+        done = store.read_json(join(pu_url(config, args.year, pu_id), "tiles_done.json"))
+        print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles done under {pu_url(config, args.year, pu_id)}")
+    print(f"demo: finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clcplus", description="CLCplus Backbone production system")
+    parser.add_argument("--config", help="configuration YAML (default: $CLCPLUS_CONFIG, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="the effective configuration").add_subparsers(dest="action", required=True)
+    config.add_parser("show", help="print the effective configuration as YAML").set_defaults(func=cmd_config_show)
+
+    grid = sub.add_parser("grid", help="product grid").add_subparsers(dest="action", required=True)
+    report = grid.add_parser("report", help="100 km tiles over the AOI vs the official tile codes")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_grid_report)
+
+    layout = sub.add_parser("layout", help="production-unit layout").add_subparsers(dest="action", required=True)
+    lreport = layout.add_parser("report", help="PU count, areas and tiles per PU")
+    lreport.add_argument("--layout", default="production", choices=("production", "demo"))
+    lreport.set_defaults(func=cmd_layout_report)
+
+    tiles = sub.add_parser("tiles", help="list the processing tiles of a PU")
+    tiles.add_argument("pu_id")
+    tiles.add_argument("--layout", default="production", choices=("production", "demo"))
+    tiles.set_defaults(func=cmd_tiles)
+
+    plan = sub.add_parser("plan", help="plan a PU's tiles for a reference year (writes plan.json)")
+    plan.add_argument("pu_id")
+    plan.add_argument("year", type=int)
+    plan.add_argument("--layout", default="production", choices=("production", "demo"))
+    plan.add_argument("--only-tiles", nargs="*")
+    plan.set_defaults(func=cmd_plan)
+
+    demo = sub.add_parser("demo", help="run the demo production on the embedded default")
+    demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")
+    demo.add_argument("--repo", default=".", help="repository root holding dags/ and plugins/")
+    demo.add_argument("--year", type=int, default=2025)
+    demo.add_argument("--fresh", action="store_true", help="start from an empty demo folder")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The one configuration of the production system.
+
+Every parameter of the ATBD (``CLCplus_Backbone_2023_ATBD``) lives here with the ATBD value as
+its default; a YAML file overrides any subset. A wrong value fails with a message that names
+the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clcplus_ops import resources
+
+CONFIG_ENV = "CLCPLUS_CONFIG"
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo in YAML must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Sentinel2Config(Section):
+    """Scene selection and the spectral features (ATBD 3.1.3)."""
+
+    # The ATBD lists "B1, B3, B4, B5, B8, B9, B11, B12"; followed literally, configurable.
+    bands: tuple[str, ...] = ("B01", "B03", "B04", "B05", "B08", "B09", "B11", "B12")
+    indices: tuple[Literal["NDVI", "NDWI", "NDMI", "NBR"], ...] = ("NDVI", "NDWI", "NDMI", "NBR")
+    # SCL classes 2 dark features/shadows, 3 cloud shadows, 8/9 cloud medium/high probability.
+    scl_masked_classes: tuple[int, ...] = (2, 3, 8, 9)
+    max_cloud_cover_percent: Percent = 80.0
+    collection: str = "sentinel-2-c1-l2a"
+    fallback_collection: str = "sentinel-2-l2a"
+    resampling: Literal["nearest"] = "nearest"
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: tuple[str, ...]) -> tuple[str, ...]:
+        known = {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"}
+        unknown = [b for b in bands if b not in known]
+        if unknown:
+            raise ValueError(f"unknown band(s) {unknown}; allowed: {sorted(known)}")
+        if len(set(bands)) != len(bands) or not bands:
+            raise ValueError("bands must be a non-empty list without repeats")
+        return bands
+
+    @field_validator("scl_masked_classes")
+    @classmethod
+    def _scl_range(cls, classes: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [c for c in classes if not 0 <= c <= 11]
+        if bad:
+            raise ValueError(f"SCL classes are 0..11, got {bad}")
+        return classes
+
+
+class TimeSeriesConfig(Section):
+    """The equidistant time series (ATBD 3.1.3): reference year +- 3 months, 10-day steps."""
+
+    window_start_month: int = Field(10, ge=1, le=12, description="month of year Y-1 the window opens")
+    window_end_month: int = Field(4, ge=1, le=12, description="month of year Y+1 the window closes (exclusive, day 1)")
+    step_days: int = Field(10, ge=1, le=31)
+    n_steps: int = Field(54, ge=2, le=366)
+
+    def window(self, reference_year: int) -> tuple[dt.date, dt.date]:
+        """[start, end) of the acquisition window of ``reference_year``."""
+        return (
+            dt.date(reference_year - 1, self.window_start_month, 1),
+            dt.date(reference_year + 1, self.window_end_month, 1),
+        )
+
+    def steps(self, reference_year: int) -> list[dt.date]:
+        start, _ = self.window(reference_year)
+        return [start + dt.timedelta(days=i * self.step_days) for i in range(self.n_steps)]
+
+    @model_validator(mode="after")
+    def _steps_fit_window(self) -> TimeSeriesConfig:
+        start, end = self.window(2023)
+        if (self.n_steps - 1) * self.step_days >= (end - start).days:
+            raise ValueError(
+                f"n_steps={self.n_steps} x step_days={self.step_days} overruns the "
+                f"{(end - start).days}-day window"
+            )
+        return self
+
+
+class GridConfig(Section):
+    """Processing tiles and production-unit overlap (ATBD 3.1.4, 3.1.5 c)."""
+
+    tile_size_m: int = Field(25_000, gt=0, le=100_000)
+    pixel_size_m: int = Field(10, gt=0)
+    pu_buffer_m: float = Field(10_000.0, ge=0, le=50_000)
+    aoi_buffer_m: float = Field(250.0, ge=0, le=10_000)
+    product_tile_size_m: int = Field(100_000, gt=0)
+
+    @model_validator(mode="after")
+    def _nested(self) -> GridConfig:
+        if 100_000 % self.tile_size_m:
+            raise ValueError(
+                f"tile_size_m={self.tile_size_m} must divide the 100 km MGRS square "
+                "(allowed e.g. 25000, 20000, 12500, 10000, 5000, 2500)"
+            )
+        if self.tile_size_m % self.pixel_size_m:
+            raise ValueError(f"tile_size_m={self.tile_size_m} is not a multiple of pixel_size_m={self.pixel_size_m}")
+        return self
+
+
+class BilateralConfig(Section):
+    """Bilateral filter on the class probabilities (ATBD 3.1.6 a)."""
+
+    win_size: int = Field(4, ge=1, le=31)
+    sigma_spatial: float = Field(0.8, gt=0, le=100)
+    sigma_color: float = Field(0.25, gt=0, le=10)
+
+
+class BlendingConfig(Section):
+    """Distance-weighted blending in the PU overlap (ATBD 3.1.6 b)."""
+
+    overlap_m: float = Field(20_000.0, ge=0, le=100_000)
+
+
+class CalibrationConfig(Section):
+    """Interannual calibration against the 2018/2021 probabilities (ATBD 3.1.6 c)."""
+
+    standard_percentile: Percent = 90.0
+    # Change-direction thresholds (percentiles) overriding the standard one, "from->to".
+    unreasonable_percentile: Percent = 99.0
+    likely_percentile: Percent = 75.0
+    unreasonable_changes: tuple[tuple[int, int], ...] = ((2, 3), (2, 4), (3, 2), (4, 2))
+    likely_changes: tuple[tuple[int, int], ...] = tuple(
+        (src, dst) for src in range(2, 8) for dst in (1, 9)
+    )
+
+    @field_validator("unreasonable_changes", "likely_changes")
+    @classmethod
+    def _class_pairs(cls, pairs: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        bad = [p for p in pairs if not (1 <= p[0] <= 11 and 1 <= p[1] <= 11 and p[0] != p[1])]
+        if bad:
+            raise ValueError(f"change directions are pairs of distinct classes 1..11, got {bad}")
+        return pairs
+
+
+CLASS_NAMES: dict[int, str] = {
+    1: "Sealed",
+    2: "Woody needle leaved trees",
+    3: "Woody broadleaved deciduous trees",
+    4: "Woody broadleaved evergreen trees",
+    5: "Low-growing woody plants",
+    6: "Permanent herbaceous",
+    7: "Periodically herbaceous",
+    8: "Lichens and mosses",
+    9: "Non and sparsely vegetated",
+    10: "Water",
+    11: "Snow and ice",
+}
+
+
+class CodesConfig(Section):
+    """Raster coding of the products (ATBD 3.1.1, 3.2.1, 3.3.1, 3.4.1)."""
+
+    classes: dict[int, str] = Field(default_factory=lambda: dict(CLASS_NAMES))
+    coastal_seawater: int = Field(253, ge=0, le=255)
+    outside: int = Field(254, ge=0, le=255)
+    nodata: int = Field(255, ge=0, le=255)
+    confidence_outside: int = Field(254, ge=101, le=255)
+    data_score_outside: int = Field(65535, ge=201, le=65535)
+    post_processing_outside: int = Field(254, ge=2, le=255)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CodesConfig:
+        if sorted(self.classes) != list(range(1, 12)):
+            raise ValueError(f"classes must be exactly codes 1..11, got {sorted(self.classes)}")
+        special = {self.coastal_seawater, self.outside, self.nodata}
+        if len(special) != 3 or special & set(self.classes):
+            raise ValueError("coastal_seawater, outside and nodata must be distinct and outside 1..11")
+        return self
+
+
+class ProductsConfig(Section):
+    """Delivery format (ATBD 3.1.1; EEA product definition clms_clcplus_ras_s2023_r10m)."""
+
+    product_family: str = "clms_clcplus"
+    version: int = Field(1, ge=0, le=99)
+    release: int = Field(0, ge=0, le=99)
+    ras_dtype: Literal["uint8"] = "uint8"
+    rascl_dtype: Literal["uint8"] = "uint8"
+    rasdl_dtype: Literal["uint16"] = "uint16"
+    raspl_dtype: Literal["uint8"] = "uint8"
+    compression: Literal["LZW"] = "LZW"
+    blocksize: int = Field(1024, ge=16, le=1024)
+
+    @field_validator("blocksize")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if size & (size - 1):
+            raise ValueError(f"blocksize must be a power of two, got {size}")
+        return size
+
+
+class TrainingConfig(Section):
+    """Model training and its accuracy targets (ATBD 3.1.1, 3.1.5 b)."""
+
+    target_overall_accuracy: float = Field(0.90, gt=0, le=1)
+    max_omission: float = Field(0.15, ge=0, le=1)
+    max_commission: float = Field(0.15, ge=0, le=1)
+    label_audit_rounds: int = Field(15, ge=1, le=100)
+    holdout_fraction: float = Field(0.20, gt=0, lt=1)
+    epochs: int = Field(60, ge=1, le=10_000)
+    seed: int = 0
+
+
+class StoreConfig(Section):
+    """Roots (URLs) of everything persisted; ``file://`` by default, ``s3://`` in production."""
+
+    work: str = "file:///tmp/clcplus/work"
+    models: str = "file:///tmp/clcplus/models"
+    samples: str = "file:///tmp/clcplus/samples"
+    products: str = "file:///tmp/clcplus/products"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "eu-central-1"
+
+    @field_validator("work", "models", "samples", "products")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not (url.startswith("file:///") or url.startswith("s3://")):
+            raise ValueError(f"{url!r} is not a file:///absolute/path or s3://bucket/prefix URL")
+        return url.rstrip("/")
+
+
+class LayoutConfig(Section):
+    """The production-unit layout: the packaged generated one unless an official file is given."""
+
+    path: str | None = None
+
+    def resolve(self) -> Path:
+        return Path(self.path).expanduser() if self.path else resources.DEFAULT_LAYOUT
+
+
+class DemoConfig(Section):
+    """The demo production: the same code on a two-PU layout of a few km, with smaller tiles
+    and buffer (DESIGN: the demo shrinks only configuration)."""
+
+    layout_path: str | None = None
+    grid: GridConfig = GridConfig(tile_size_m=2_500, pu_buffer_m=1_000.0)
+    training_epochs: int = Field(8, ge=1, le=10_000)
+
+    def resolve_layout(self) -> Path:
+        return Path(self.layout_path).expanduser() if self.layout_path else resources.DEMO_LAYOUT
+
+
+class Config(Section):
+    sentinel2: Sentinel2Config = Sentinel2Config()
+    time_series: TimeSeriesConfig = TimeSeriesConfig()
+    grid: GridConfig = GridConfig()
+    bilateral: BilateralConfig = BilateralConfig()
+    blending: BlendingConfig = BlendingConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    codes: CodesConfig = CodesConfig()
+    products: ProductsConfig = ProductsConfig()
+    training: TrainingConfig = TrainingConfig()
+    store: StoreConfig = StoreConfig()
+    layout: LayoutConfig = LayoutConfig()
+    demo: DemoConfig = DemoConfig()
+
+    LAYOUTS: ClassVar[tuple[str, ...]] = ("production", "demo")
+
+    def layout_path(self, layout: str) -> Path:
+        """Layout file of the "production" or the "demo" layout."""
+        self._check_layout(layout)
+        return self.layout.resolve() if layout == "production" else self.demo.resolve_layout()
+
+    def for_layout(self, layout: str) -> Config:
+        """The configuration a stage of ``layout`` runs with (the demo swaps in its grid)."""
+        self._check_layout(layout)
+        if layout == "production":
+            return self
+        training = self.training.model_copy(update={"epochs": self.demo.training_epochs})
+        return self.model_copy(update={"grid": self.demo.grid, "training": training})
+
+    def _check_layout(self, layout: str) -> None:
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {self.LAYOUTS}")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending field."""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {field}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the configuration from ``path``, else from ``$CLCPLUS_CONFIG``, else defaults."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping, not {type(data).__name__}")
+    return parse_config(data, str(path))

@@ -1,0 +1,515 @@
+"""URL-addressed storage for every persisted artefact, plus the records that make stages idempotent.
+
+Two schemes are supported: ``file:///abs/path`` (the embedded default) and ``s3://bucket/key``
+(production). URLs are handled as plain strings (no percent-encoding), like S3 keys are.
+
+Writes are atomic for readers: ``file://`` writes land in a temporary file in the destination
+directory and are renamed over the target; ``s3://`` writes are a single PUT or a managed
+(multipart) upload, which S3 makes visible only once complete.
+
+A stage writes its outputs, then a :class:`StageRecord` naming them with their checksums and the
+fingerprint of its inputs/parameters/code version; the record's presence means the stage
+finished, and :meth:`Store.is_current` lets a re-run skip work that is already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger("clcplus_ops.store")
+
+SCHEMES = ("file", "s3")
+# Temporary files/dirs of in-flight file:// writes start with this; list() hides them.
+_TMP_PREFIX = ".clcplus-tmp-"
+_CHUNK = 1 << 20
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+class StoreError(Exception):
+    """A storage problem other than a missing object (bad URL, missing bucket, S3 error...)."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where and how to reach S3; credentials come from boto3's chain (env vars, profile...)."""
+
+    endpoint_url: str | None = None
+    region: str = "eu-central-1"
+    addressing_style: str = "path"
+
+
+# --------------------------------------------------------------------------------------------
+# URL helpers
+
+
+def _split(url: str) -> tuple[str, str]:
+    """(scheme, rest) of a supported URL, or StoreError."""
+    if not isinstance(url, str):  # a Path passed where a URL is expected
+        raise TypeError(f"expected a URL string, got {type(url).__name__} {url!r} (see as_url)")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise StoreError(f"unsupported URL {url!r}: supported schemes are {', '.join(SCHEMES)}")
+    return scheme, rest
+
+
+def _not_found(url: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "No such file or object", url)
+
+
+def join(root_url: str, *parts: str) -> str:
+    """``root_url`` extended by ``parts`` with exactly one ``/`` between segments."""
+    scheme, rest = _split(root_url)
+    if scheme == "file":
+        _local_path(root_url)  # validates that it is absolute
+    head = rest.rstrip("/")
+    segments = [s for part in parts for s in str(part).split("/") if s]
+    if not segments:
+        return f"{scheme}://{head or '/'}"
+    return f"{scheme}://{'/'.join([head, *segments])}"
+
+
+def as_url(path_or_url: str | os.PathLike[str]) -> str:
+    """A URL for a filesystem path (made absolute) or a URL (passed through after validation)."""
+    if isinstance(path_or_url, str) and "://" in path_or_url:
+        _split(path_or_url)
+        return path_or_url
+    return "file://" + Path(os.path.abspath(path_or_url)).as_posix()
+
+
+def _local_path(url: str) -> Path:
+    rest = url[len("file://") :]
+    if not rest.startswith("/"):
+        raise StoreError(f"file URL must be absolute (file:///abs/path): {url!r}")
+    return Path(rest)
+
+
+def _bucket_key(url: str, *, allow_empty_key: bool = False) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not bucket or (not key and not allow_empty_key):
+        raise StoreError(f"S3 URL needs a bucket and a key (s3://bucket/key): {url!r}")
+    return bucket, key
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON text: equal objects give equal text (and so equal bytes and hashes)."""
+    return json.dumps(obj, sort_keys=True, indent=2) + "\n"
+
+
+def fingerprint(
+    *, stage: str, inputs: Mapping[str, Any], params: Mapping[str, Any], version: str
+) -> str:
+    """sha256 hex identifying one execution of ``stage`` (inputs, parameters and code version)."""
+    payload = {"stage": stage, "inputs": dict(inputs), "params": dict(params), "version": version}
+    try:
+        text = canonical_json(payload)
+    except (TypeError, ValueError) as exc:
+        # Name the offending argument: json's own message only names the type.
+        culprit = next(
+            (n for n in ("inputs", "params") if not _json_ok(payload[n])), "stage/version"
+        )
+        raise TypeError(
+            f"fingerprint({stage!r}): {culprit} must be JSON-serialisable with string keys: {exc}"
+        ) from exc
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _json_ok(obj: Any) -> bool:
+    try:
+        canonical_json(obj)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Stage records
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    fingerprint: str
+    outputs: dict[str, str]  # name -> url
+    checksums: dict[str, str]  # url -> sha256
+    created: str  # ISO-8601 UTC
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageRecord:
+        """Strict parse: a record with missing or mistyped fields is corrupt, not half-trusted."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"stage record must be a JSON object, got {type(data).__name__}")
+        for name in ("stage", "fingerprint", "created"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"stage record field {name!r} must be a string")
+        for name in ("outputs", "checksums"):
+            table = data[name]
+            if not isinstance(table, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+            ):
+                raise ValueError(f"stage record field {name!r} must map strings to strings")
+        details = data.get("details") or {}
+        if not isinstance(details, Mapping):
+            raise ValueError("stage record field 'details' must be an object")
+        return cls(
+            stage=data["stage"],
+            fingerprint=data["fingerprint"],
+            outputs=dict(data["outputs"]),
+            checksums=dict(data["checksums"]),
+            created=data["created"],
+            details=dict(details),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Store
+
+
+class Store:
+    """Read/write/list artefacts by URL; one instance may be shared between threads."""
+
+    def __init__(self, s3: S3Settings | None = None) -> None:
+        self.s3_settings = s3 or S3Settings()
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._known_buckets: set[str] = set()
+
+    # ---- S3 plumbing -------------------------------------------------------------------------
+
+    @property
+    def _s3(self) -> Any:
+        # Created on first s3:// use so file://-only runs never resolve credentials or touch AWS.
+        with self._client_lock:
+            if self._client is None:
+                s = self.s3_settings
+                extra: dict[str, Any] = {}
+                if s.endpoint_url:
+                    # S3-compatible servers (Ceph, MinIO...) often reject the CRC checksums
+                    # that recent boto3 sends by default; only send them where required.
+                    extra = {
+                        "request_checksum_calculation": "when_required",
+                        "response_checksum_validation": "when_required",
+                    }
+                config = botocore.config.Config(
+                    s3={"addressing_style": s.addressing_style},
+                    retries={"mode": "standard", "max_attempts": 5},
+                    **extra,
+                )
+                # A private session: boto3's default session is not thread-safe.
+                self._client = boto3.session.Session().client(
+                    "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=config
+                )
+            return self._client
+
+    def _s3_error(self, exc: ClientError, url: str) -> Exception:
+        """Translate a botocore error: missing object -> FileNotFoundError, else StoreError."""
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(err.get("Code") or status)
+        bucket = url[len("s3://") :].partition("/")[0]
+        if code == "NoSuchBucket":
+            return StoreError(f"S3 bucket {bucket!r} does not exist (accessing {url})")
+        if code in _NOT_FOUND_CODES:
+            # HEAD responses carry no body, so a missing bucket also looks like a bare 404.
+            if code != "NoSuchKey" and not self._bucket_exists(bucket, url):
+                return StoreError(f"S3 bucket {bucket!r} does not exist (accessing {url})")
+            return _not_found(url)
+        return StoreError(f"S3 error {code} for {url}: {err.get('Message', exc)}")
+
+    def _bucket_exists(self, bucket: str, url: str) -> bool:
+        if bucket in self._known_buckets:
+            return True
+        try:
+            self._s3.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+                return False
+            raise StoreError(f"S3 error checking bucket {bucket!r} for {url}: {exc}") from exc
+        self._known_buckets.add(bucket)
+        return True
+
+    @contextlib.contextmanager
+    def _s3_errors(self, url: str) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            raise self._s3_error(exc, url) from exc
+        except S3UploadFailedError as exc:
+            # boto3 wraps the ClientError of a managed upload without chaining it explicitly.
+            if isinstance(exc.__context__, ClientError):
+                raise self._s3_error(exc.__context__, url) from exc
+            raise StoreError(f"S3 upload failed for {url}: {exc}") from exc
+        except BotoCoreError as exc:  # endpoint unreachable, no credentials, ...
+            raise StoreError(f"S3 failure for {url}: {exc}") from exc
+
+    # ---- basic operations --------------------------------------------------------------------
+
+    def exists(self, url: str) -> bool:
+        scheme, _ = _split(url)
+        if scheme == "file":
+            return _local_path(url).is_file()
+        try:
+            self.size(url)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read_bytes(self, url: str) -> bytes:
+        scheme, _ = _split(url)
+        if scheme == "file":
+            try:
+                return _local_path(url).read_bytes()
+            except FileNotFoundError:
+                raise _not_found(url) from None
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        scheme, _ = _split(url)
+        if scheme == "file":
+            with self.local_write(url) as tmp:
+                tmp.write_bytes(data)
+            return
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            self._s3.put_object(Bucket=bucket, Key=key, Body=data)  # single PUT: atomic
+
+    def read_text(self, url: str) -> str:
+        return self.read_bytes(url).decode("utf-8")
+
+    def write_text(self, url: str, text: str) -> None:
+        self.write_bytes(url, text.encode("utf-8"))
+
+    def read_json(self, url: str) -> Any:
+        return json.loads(self.read_bytes(url))
+
+    def write_json(self, url: str, obj: Any) -> None:
+        self.write_text(url, canonical_json(obj))
+
+    def delete(self, url: str) -> None:
+        """Remove an object; deleting a missing one is a no-op (as on S3), so clean-ups retry."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            _local_path(url).unlink(missing_ok=True)
+            return
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            self._s3.delete_object(Bucket=bucket, Key=key)
+
+    def list(self, prefix_url: str) -> list[str]:
+        """Sorted URLs of all objects below ``prefix_url``, recursively.
+
+        The prefix is a directory on both schemes: ``.../tile`` lists ``.../tile/x`` but not
+        ``.../tile2/x``.
+        """
+        scheme, _ = _split(prefix_url)
+        if scheme == "file":
+            root = _local_path(prefix_url)
+            found = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                # Skip in-flight temporary writes: they are not artefacts (yet).
+                dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+                found += [
+                    "file://" + Path(dirpath, f).as_posix()
+                    for f in filenames
+                    if not f.startswith(_TMP_PREFIX)
+                ]
+            return sorted(found)
+        bucket, key = _bucket_key(prefix_url, allow_empty_key=True)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        urls = []
+        with self._s3_errors(prefix_url):
+            for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                urls += [
+                    f"s3://{bucket}/{o['Key']}"
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")  # "folder" marker objects are not artefacts
+                ]
+        return sorted(urls)
+
+    def size(self, url: str) -> int:
+        scheme, _ = _split(url)
+        if scheme == "file":
+            try:
+                return _local_path(url).stat().st_size
+            except FileNotFoundError:
+                raise _not_found(url) from None
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            return int(self._s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+
+    def sha256(self, url: str) -> str:
+        """Hex sha256 of the content, streamed (outputs may be multi-GB rasters)."""
+        digest = hashlib.sha256()
+        scheme, _ = _split(url)
+        if scheme == "file":
+            try:
+                with _local_path(url).open("rb") as fh:
+                    while chunk := fh.read(_CHUNK):
+                        digest.update(chunk)
+            except FileNotFoundError:
+                raise _not_found(url) from None
+            return digest.hexdigest()
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            body = self._s3.get_object(Bucket=bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    # ---- local paths for GDAL & co ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def local_write(self, url: str) -> Iterator[Path]:
+        """Yield a fresh local path (same file name, hence suffix, as ``url``) to write to.
+
+        On clean exit the file is committed atomically to ``url``; if the body raises, nothing
+        appears at ``url`` and the temporary file is removed. The path does not exist yet, so
+        drivers that refuse to overwrite (or that append to) an existing file behave; sidecar
+        files a driver may create next to it are discarded.
+        """
+        scheme, _ = _split(url)
+        if scheme == "file":
+            target = _local_path(url)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A private directory next to the target: same filesystem, so os.replace is atomic.
+            tmpdir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
+        else:
+            bucket, key = _bucket_key(url)
+            tmpdir = Path(tempfile.mkdtemp(prefix="clcplus-"))
+        tmp = tmpdir / (url.rstrip("/").rsplit("/", 1)[-1])
+        try:
+            yield tmp
+            if not tmp.is_file():
+                raise StoreError(f"local_write({url}): nothing was written to {tmp}")
+            if scheme == "file":
+                _fsync(tmp)  # data on disk before the rename makes it visible
+                os.replace(tmp, target)
+                # Persist the rename itself; some filesystems cannot fsync a directory.
+                with contextlib.suppress(OSError):
+                    _fsync(target.parent)
+            else:
+                with self._s3_errors(url):
+                    self._s3.upload_file(str(tmp), bucket, key)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def local_read(self, url: str) -> Iterator[Path]:
+        """Yield a local path holding the content of ``url`` (file:// is read in place)."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            path = _local_path(url)
+            if not path.is_file():
+                raise _not_found(url)
+            yield path
+            return
+        bucket, key = _bucket_key(url)
+        with tempfile.TemporaryDirectory(prefix="clcplus-") as tmpdir:
+            tmp = Path(tmpdir, key.rsplit("/", 1)[-1])
+            with self._s3_errors(url):
+                self._s3.download_file(bucket, key, str(tmp))
+            yield tmp
+
+    # ---- stage records -----------------------------------------------------------------------
+
+    def write_record(
+        self,
+        record_url: str,
+        *,
+        stage: str,
+        fingerprint: str,
+        outputs: Mapping[str, str],
+        details: Mapping[str, Any] | None = None,
+    ) -> StageRecord:
+        """Checksum the (already written) outputs and write the record; call it last."""
+        checksums = {}
+        for name, url in outputs.items():
+            try:
+                checksums[url] = self.sha256(url)
+            except FileNotFoundError:
+                raise StoreError(
+                    f"stage {stage!r}: output {name!r} does not exist at {url}"
+                ) from None
+        record = StageRecord(
+            stage=stage,
+            fingerprint=fingerprint,
+            outputs=dict(outputs),
+            checksums=checksums,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            details=dict(details or {}),
+        )
+        self.write_json(record_url, record.to_dict())
+        log.info("stage %s: recorded %d output(s) at %s", stage, len(checksums), record_url)
+        return record
+
+    def read_record(self, record_url: str) -> StageRecord | None:
+        """The record at ``record_url``, None if absent; StoreError if it cannot be parsed."""
+        try:
+            data = self.read_json(record_url)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise StoreError(f"corrupt stage record {record_url}: {exc}") from exc
+        try:
+            return StageRecord.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"corrupt stage record {record_url}: {exc!r}") from exc
+
+    def is_current(
+        self, record_url: str, fingerprint: str, *, verify_checksums: bool = False
+    ) -> bool:
+        """True if the stage recorded at ``record_url`` ran with ``fingerprint`` and its outputs
+        are all still there (and, if asked, unchanged)."""
+        try:
+            record = self.read_record(record_url)
+        except StoreError as exc:
+            log.warning("%s; treating the stage as not current", exc)
+            return False
+        if record is None:
+            log.info("run: no record at %s", record_url)
+            return False
+        if record.fingerprint != fingerprint:
+            log.info("run: stage %s changed inputs/params/version (%s)", record.stage, record_url)
+            return False
+        for name, url in record.outputs.items():
+            if not self.exists(url):
+                log.info("run: stage %s output %r is missing: %s", record.stage, name, url)
+                return False
+            if verify_checksums and record.checksums.get(url) != self.sha256(url):
+                log.info("run: stage %s output %r was modified: %s", record.stage, name, url)
+                return False
+        log.info("skip: stage %s is current (%s)", record.stage, record_url)
+        return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

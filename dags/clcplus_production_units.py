@@ -1,0 +1,112 @@
+"""Airflow DAG factory: one production DAG per production unit (PU).
+
+Builds ``clcplus_pu_<PU id>`` for every PU of the configured production layout (138 by default)
+and of the demo layout. Each DAG plans the PU's 25 km tiles, fans out to one mapped task group
+per tile (the map index shows the tile id), then joins. Tasks call ``clcplus_ops`` stages; only
+tile ids and small dicts cross XCom. No science here.
+"""
+
+from __future__ import annotations
+
+import pendulum
+
+from airflow.sdk import DAG, Param, get_current_context, task, task_group
+from clcplus_ops.config import load_config
+from clcplus_ops.geo.layout import layout_index
+from clcplus_ops.geo.tile_index import tile_index
+from clcplus_timetable import ReferenceYearTimetable
+
+DOC = """
+### CLCplus Backbone production unit {pu_id}: {name}
+Layout **{layout}**, {area_km2:,.0f} km², CRS {crs}, {n_tiles} processing tiles of {tile_km:g} km.
+
+Runs once per reference year; the data interval is the acquisition window
+(1 Oct Y-1 to 1 Apr Y+1) and the reference year is read from it. Trigger with a logical date
+after the window closed (e.g. 2024-04-01 for 2023, 2019-04-01 for 2018).
+
+To re-run some tiles only, pick them in **only_tiles**; finished tiles are skipped anyway
+unless **force** is set.
+"""
+
+
+def _reference_year(context) -> int:
+    from clcplus_ops import calendar
+
+    return calendar.reference_year(context["data_interval_start"], context["data_interval_end"])
+
+
+def build_pu_dag(layout: str, unit: dict, tile_ids: list[str], tile_km: float) -> DAG:
+    pu_id = unit["pu_id"]
+
+    with DAG(
+        dag_id=f"clcplus_pu_{pu_id}",
+        description=f"CLCplus production unit {pu_id} ({unit['name']})",
+        schedule=ReferenceYearTimetable(),
+        start_date=pendulum.datetime(2017, 9, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["clcplus", "production-unit", f"layout:{layout}"],
+        doc_md=DOC.format(layout=layout, n_tiles=len(tile_ids), tile_km=tile_km, **unit),
+        default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
+        params={
+            "only_tiles": Param(
+                [],
+                type="array",
+                items={"type": "string", "enum": tile_ids},
+                uniqueItems=True,
+                title="Only these tiles",
+                description=f"Tile ids of {pu_id} to (re)process; empty means all {len(tile_ids)}.",
+            ),
+            "force": Param(False, type="boolean", title="Redo finished work"),
+        },
+    ) as dag:
+
+        @task
+        def plan_tiles() -> list[dict]:
+            from clcplus_ops import plan
+
+            context = get_current_context()
+            config = load_config()
+            only = context["params"]["only_tiles"]
+            return plan.plan_tiles(config, layout, pu_id, _reference_year(context), only).for_tasks()
+
+        @task_group(group_id="tile")
+        def tile_stages(tile: dict):
+            @task(map_index_template="{{ tile_id }}")
+            def define_tile(tile: dict) -> dict:
+                from clcplus_ops import plan
+                from clcplus_ops.geo.tiles import tile_from_id
+
+                context = get_current_context()
+                context["tile_id"] = tile["tile_id"]
+                config = load_config().for_layout(layout)
+                grid_tile = tile_from_id(tile["tile_id"], config.grid.tile_size_m, config.grid.pixel_size_m)
+                force = context["params"]["force"]
+                return plan.define_tile(config, pu_id, _reference_year(context), grid_tile, force=force)
+
+            return define_tile(tile)
+
+        @task
+        def join_tiles() -> dict:
+            from clcplus_ops import plan
+
+            context = get_current_context()
+            return plan.join_tiles(load_config(), pu_id, _reference_year(context))
+
+        tile_stages.expand(tile=plan_tiles()) >> join_tiles()
+
+    return dag
+
+
+def _build_all() -> None:
+    config = load_config()
+    for layout in config.LAYOUTS:
+        path = config.layout_path(layout)
+        grid = config.for_layout(layout).grid
+        tiles = tile_index(path, grid)
+        for unit in layout_index(path):
+            dag = build_pu_dag(layout, unit, tiles[unit["pu_id"]], grid.tile_size_m / 1000)
+            globals()[dag.dag_id] = dag
+
+
+_build_all()

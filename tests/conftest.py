@@ -1,0 +1,50 @@
+"""Test session setup: an embedded Airflow (SQLite) home and a file:// store in a temporary
+folder, configured before Airflow is first imported; the real S3 API server plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+_home = Path(tempfile.mkdtemp(prefix="clcplus-test-"))
+
+from clcplus_ops.embedded import airflow_env, write_embedded_config  # noqa: E402
+
+_config = write_embedded_config(_home, _home / "config.yaml")
+os.environ.update(airflow_env(_home, REPO, _config))
+# DAG files import the timetable from the plugins folder, as Airflow's processes do.
+sys.path.insert(0, str(REPO / "plugins"))
+
+pytest_plugins = ["s3_server"]
+
+
+def pytest_report_header(config):
+    return [f"embedded Airflow home: {os.environ['AIRFLOW_HOME']}", f"clcplus config: {_config}"]
+
+
+@pytest.fixture(scope="session")
+def test_home() -> Path:
+    return _home
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated Airflow metadata database (SQLite) for the session."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, env=os.environ.copy(), capture_output=True)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, skipping the test with a clear reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} is not available (the shared/ folder beside the repository)")
+    return path

@@ -1,0 +1,100 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clcplus_ops.config import Config, ConfigError, load_config, parse_config
+
+
+def test_defaults_are_the_atbd_values():
+    c = Config()
+    assert c.sentinel2.bands == ("B01", "B03", "B04", "B05", "B08", "B09", "B11", "B12")
+    assert c.sentinel2.indices == ("NDVI", "NDWI", "NDMI", "NBR")
+    assert c.sentinel2.scl_masked_classes == (2, 3, 8, 9)
+    assert c.sentinel2.max_cloud_cover_percent == 80
+    assert (c.time_series.step_days, c.time_series.n_steps) == (10, 54)
+    start, end = c.time_series.window(2023)
+    assert (str(start), str(end)) == ("2022-10-01", "2024-04-01")
+    assert c.time_series.steps(2023)[-1] < end
+    assert (c.grid.tile_size_m, c.grid.pu_buffer_m, c.grid.pixel_size_m) == (25_000, 10_000, 10)
+    assert (c.bilateral.win_size, c.bilateral.sigma_spatial, c.bilateral.sigma_color) == (4, 0.8, 0.25)
+    assert c.blending.overlap_m == 20_000
+    assert c.calibration.standard_percentile == 90
+    assert sorted(c.codes.classes) == list(range(1, 12))
+    assert (c.codes.coastal_seawater, c.codes.outside, c.codes.nodata) == (253, 254, 255)
+    assert c.codes.data_score_outside == 65535
+    assert (c.products.ras_dtype, c.products.rasdl_dtype, c.products.compression) == ("uint8", "uint16", "LZW")
+    assert c.training.label_audit_rounds == 15
+    assert (c.training.target_overall_accuracy, c.training.max_omission, c.training.max_commission) == (0.9, 0.15, 0.15)
+
+
+def test_yaml_overrides_a_subset(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sentinel2:\n  max_cloud_cover_percent: 60\ngrid:\n  tile_size_m: 20000\n")
+    c = load_config(path)
+    assert c.sentinel2.max_cloud_cover_percent == 60
+    assert c.grid.tile_size_m == 20000
+    assert c.grid.pu_buffer_m == 10_000
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        ({"sentinel2": {"max_cloud_cover_percent": 150}}, "sentinel2.max_cloud_cover_percent", "less than or equal to 100"),
+        ({"grid": {"tile_size_m": 30000}}, "grid", "must divide the 100 km MGRS square"),
+        ({"sentinel2": {"bands": ["B01", "B13"]}}, "sentinel2.bands", "unknown band"),
+        ({"sentinel2": {"scl_masked_classes": [2, 12]}}, "sentinel2.scl_masked_classes", "0..11"),
+        ({"bilateral": {"sigma_color": 0}}, "bilateral.sigma_color", "greater than 0"),
+        ({"time_series": {"n_steps": 60}}, "time_series", "overruns"),
+        ({"products": {"blocksize": 1000}}, "products.blocksize", "power of two"),
+        ({"store": {"work": "/tmp/x"}}, "store.work", "file:///absolute/path"),
+        ({"grid": {"tile_sise_m": 25000}}, "grid.tile_sise_m", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_rule(data, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "test.yaml")
+    message = str(info.value)
+    assert "test.yaml" in message and field in message and words in message
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("grid: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_config_show_prints_the_effective_configuration(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochs: 7\n")
+    clcplus = Path(sys.executable).with_name("clcplus")
+    out = subprocess.run([clcplus, "--config", path, "config", "show"], capture_output=True, text=True, check=True).stdout
+    shown = yaml.safe_load(out)
+    assert shown["training"]["epochs"] == 7
+    assert parse_config(shown) == load_config(path)
+
+
+def test_config_show_refuses_a_bad_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("grid:\n  pu_buffer_m: -5\n")
+    clcplus = Path(sys.executable).with_name("clcplus")
+    result = subprocess.run([clcplus, "--config", path, "config", "show"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "grid.pu_buffer_m" in result.stderr and "greater than or equal to 0" in result.stderr
+
+
+def test_demo_configuration_shrinks_only_the_grid_and_epochs():
+    c = Config()
+    demo = c.for_layout("demo")
+    assert demo.grid.tile_size_m == 2_500 and demo.grid.pu_buffer_m == 1_000
+    assert demo.training.epochs == c.demo.training_epochs
+    assert demo.sentinel2 == c.sentinel2 and demo.bilateral == c.bilateral
+    with pytest.raises(ValueError, match="unknown layout"):
+        c.for_layout("test")

@@ -1,0 +1,414 @@
+"""clcplus_ops.store against both backends: file:// under tmp_path and s3:// on a moto server."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from clcplus_ops.store import (
+    S3Settings,
+    StageRecord,
+    Store,
+    StoreError,
+    as_url,
+    fingerprint,
+    join,
+)
+
+
+@pytest.fixture(params=["file", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Store, str]:
+    """(store, root URL) for each backend; the S3 server starts only for s3 cases."""
+    if request.param == "file":
+        return Store(), as_url(tmp_path / "root")
+    endpoint = request.getfixturevalue("s3_server")
+    return Store(S3Settings(endpoint_url=endpoint)), request.getfixturevalue("s3_bucket")
+
+
+@pytest.fixture
+def s3_store(s3_server: str, s3_credentials: None) -> Store:
+    return Store(S3Settings(endpoint_url=s3_server))
+
+
+# ---- URL helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("root", "parts", "expected"),
+    [
+        ("s3://bucket", ("a", "b.tif"), "s3://bucket/a/b.tif"),
+        ("s3://bucket/", ("/a/", "/b/c.tif"), "s3://bucket/a/b/c.tif"),
+        ("s3://bucket/p//", ("a//b",), "s3://bucket/p/a/b"),
+        ("file:///data/", ("x", "y.json"), "file:///data/x/y.json"),
+        ("file:///", ("x",), "file:///x"),
+        ("file:///data", (), "file:///data"),
+    ],
+)
+def test_join(root: str, parts: tuple[str, ...], expected: str) -> None:
+    assert join(root, *parts) == expected
+
+
+def test_as_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert as_url(tmp_path / "a.tif") == "file://" + (tmp_path / "a.tif").as_posix()
+    assert as_url(str(tmp_path)) == "file://" + tmp_path.as_posix()
+    monkeypatch.chdir(tmp_path)
+    assert as_url("rel/x.json") == "file://" + (tmp_path / "rel" / "x.json").as_posix()
+    assert as_url("s3://b/k") == "s3://b/k"
+    assert as_url("file:///abs/k") == "file:///abs/k"
+
+
+def test_unknown_scheme_is_rejected() -> None:
+    with pytest.raises(StoreError, match=r"gs://b/k.*file, s3"):
+        as_url("gs://b/k")
+    with pytest.raises(StoreError, match="http://host/x"):
+        Store().read_bytes("http://host/x")
+    with pytest.raises(StoreError, match="absolute"):
+        Store().read_bytes("file://relative/path")
+
+
+def test_file_backend_never_creates_an_s3_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("S3 client created for file:// work")
+
+    monkeypatch.setattr(boto3.session, "Session", boom)
+    store = Store(S3Settings(endpoint_url="http://127.0.0.1:9"))
+    url = as_url(tmp_path / "x.txt")
+    store.write_text(url, "x")
+    assert store.read_text(url) == "x"
+
+
+# ---- basic operations ----------------------------------------------------------------------
+
+
+def test_round_trips(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    blob = bytes(range(256)) * 10
+    store.write_bytes(join(root, "a", "blob.bin"), blob)
+    assert store.read_bytes(join(root, "a", "blob.bin")) == blob
+    assert store.size(join(root, "a", "blob.bin")) == len(blob)
+
+    store.write_text(join(root, "t.txt"), "Grünland ✓\n")
+    assert store.read_text(join(root, "t.txt")) == "Grünland ✓\n"
+
+    obj = {"b": [1, 2.5, None], "a": {"z": True, "y": "é"}}
+    store.write_json(join(root, "o.json"), obj)
+    assert store.read_json(join(root, "o.json")) == obj
+
+    # overwrite replaces the content
+    store.write_bytes(join(root, "a", "blob.bin"), b"new")
+    assert store.read_bytes(join(root, "a", "blob.bin")) == b"new"
+
+
+def test_canonical_json_bytes(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    store.write_json(join(root, "1.json"), {"a": 1, "b": {"d": 2, "c": 3}})
+    store.write_json(join(root, "2.json"), {"b": {"c": 3, "d": 2}, "a": 1})
+    raw = store.read_bytes(join(root, "1.json"))
+    assert raw == store.read_bytes(join(root, "2.json"))
+    assert raw.endswith(b"}\n") and b'\n  "a": 1' in raw
+    assert store.sha256(join(root, "1.json")) == store.sha256(join(root, "2.json"))
+
+
+def test_exists_delete_sha256(backend: tuple[Store, str]) -> None:
+
+    store, root = backend
+    url = join(root, "d", "x.bin")
+    assert not store.exists(url)
+    store.write_bytes(url, b"hello")
+    assert store.exists(url)
+    assert store.sha256(url) == hashlib.sha256(b"hello").hexdigest()
+    store.delete(url)
+    assert not store.exists(url)
+    store.delete(url)  # idempotent
+
+
+def test_list_is_recursive_sorted_and_directory_scoped(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    names = ["tile/b.tif", "tile/a.tif", "tile/sub/deep/z.json", "tile2/other.tif", "top.txt"]
+    for name in names:
+        store.write_bytes(join(root, name), b"x")
+    assert store.list(join(root, "tile")) == [
+        join(root, "tile/a.tif"),
+        join(root, "tile/b.tif"),
+        join(root, "tile/sub/deep/z.json"),
+    ]
+    assert store.list(join(root, "tile") + "/") == store.list(join(root, "tile"))
+    assert store.list(root) == sorted(join(root, n) for n in names)
+    assert store.list(join(root, "nothing-here")) == []
+
+
+def test_missing_object_raises_file_not_found_naming_url(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "missing", "x.tif")
+    for op in (store.read_bytes, store.read_json, store.size, store.sha256):
+        with pytest.raises(FileNotFoundError, match=url):
+            op(url)
+    with pytest.raises(FileNotFoundError, match=url):
+        with store.local_read(url):
+            pass
+
+
+def test_missing_bucket_is_a_clear_store_error(s3_store: Store) -> None:
+    url = "s3://no-such-bucket-clcplus/a/b.json"
+    ops = [
+        lambda: s3_store.read_bytes(url),
+        lambda: s3_store.exists(url),  # HEAD: a bare 404 that must not read as "missing object"
+        lambda: s3_store.size(url),
+        lambda: s3_store.write_bytes(url, b"x"),
+        lambda: s3_store.list("s3://no-such-bucket-clcplus/a"),
+    ]
+    for op in ops:
+        with pytest.raises(StoreError, match=r"bucket 'no-such-bucket-clcplus' does not exist"):
+            op()
+    with pytest.raises(StoreError, match="no-such-bucket-clcplus"):
+        with s3_store.local_write(url) as tmp:
+            tmp.write_bytes(b"x")
+
+
+def test_other_s3_errors_carry_url_and_code(
+    s3_server: str, s3_store: Store, s3_bucket: str
+) -> None:
+    # An archived (GLACIER) object cannot be read: a real S3 error that is not a 404.
+    url = join(s3_bucket, "archived.tif")
+    bucket, key = url[len("s3://") :].split("/", 1)
+    boto3.session.Session().client("s3", endpoint_url=s3_server).put_object(
+        Bucket=bucket, Key=key, Body=b"x", StorageClass="GLACIER"
+    )
+    assert s3_store.exists(url)
+    with pytest.raises(StoreError, match=r"InvalidObjectState for " + url):
+        s3_store.read_bytes(url)
+
+
+# ---- local_write / local_read --------------------------------------------------------------
+
+
+def test_local_write_commits_on_success(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "out", "map.tif")
+    with store.local_write(url) as tmp:
+        assert tmp.suffix == ".tif" and not tmp.exists()
+        tmp.write_bytes(b"payload")
+        assert not store.exists(url)  # nothing visible before commit
+    assert store.read_bytes(url) == b"payload"
+    assert not tmp.exists()
+    assert store.list(root) == [url]
+
+
+def test_local_write_leaves_nothing_when_body_raises(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "out", "map.tif")
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.local_write(url) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not store.exists(url)
+    assert store.list(root) == []
+    assert not tmp.exists() and not tmp.parent.exists()
+
+
+def test_local_write_keeps_old_content_when_overwrite_fails(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "map.tif")
+    store.write_bytes(url, b"old")
+    with pytest.raises(RuntimeError):
+        with store.local_write(url) as tmp:
+            tmp.write_bytes(b"new but broken")
+            raise RuntimeError
+    assert store.read_bytes(url) == b"old"
+
+
+def test_local_write_with_nothing_written_is_an_error(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "never.tif")
+    with pytest.raises(StoreError, match="nothing was written"):
+        with store.local_write(url):
+            pass
+    assert not store.exists(url)
+
+
+def test_file_write_is_atomic_in_same_directory(tmp_path: Path) -> None:
+    store = Store()
+    target = tmp_path / "d" / "map.tif"
+    url = as_url(target)
+    store.write_bytes(url, b"old")
+    with store.local_write(url) as tmp:
+        # temp lives next to the target (same filesystem -> rename is atomic)...
+        assert tmp.parent.parent == target.parent
+        assert os.stat(tmp.parent).st_dev == os.stat(target.parent).st_dev
+        tmp.write_bytes(b"new" * 1000)
+        # ...the target is untouched until the context exits, and list() hides the temp
+        assert target.read_bytes() == b"old"
+        assert store.list(as_url(tmp_path)) == [url]
+    assert target.read_bytes() == b"new" * 1000
+    assert sorted(p.name for p in target.parent.iterdir()) == ["map.tif"]
+
+
+def test_file_concurrent_reader_sees_only_whole_versions(tmp_path: Path) -> None:
+    store = Store()
+    url = as_url(tmp_path / "hot.bin")
+    versions = [bytes([i]) * 256_000 for i in range(2)]
+    store.write_bytes(url, versions[0])
+    done = threading.Event()
+    seen: list[bytes] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            data = store.read_bytes(url)
+            if data not in versions:
+                seen.append(data)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(100):
+            store.write_bytes(url, versions[i % 2])
+    finally:
+        done.set()
+        thread.join()
+    assert seen == [], f"reader saw {len(seen)} partial file(s)"
+
+
+def test_local_read(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "in", "lut.csv")
+    store.write_text(url, "code,name\n1,forest\n")
+    with store.local_read(url) as path:
+        assert path.suffix == ".csv"
+        assert path.read_text() == "code,name\n1,forest\n"
+    if url.startswith("s3://"):
+        assert not path.exists()  # temp download removed
+    else:
+        assert path == Path(url[len("file://") :])
+
+
+def test_geotiff_through_local_write_and_read(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "rasters", "tile.tif")
+    data = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    transform = Affine(10, 0, 4_000_000, 0, -10, 3_000_000)  # 10 m, EPSG:3035
+    with store.local_write(url) as path:
+        with rasterio.open(
+            path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+            crs="EPSG:3035", transform=transform,
+        ) as dst:
+            dst.write(data, 1)
+    with store.local_read(url) as path:
+        with rasterio.open(path) as src:
+            assert src.crs.to_epsg() == 3035
+            assert src.transform == transform
+            np.testing.assert_array_equal(src.read(1), data)
+
+
+# ---- fingerprints and stage records --------------------------------------------------------
+
+
+def test_fingerprint_stable_and_sensitive() -> None:
+    base = dict(stage="classify", inputs={"s3://b/a": "1", "s3://b/c": "2"},
+                params={"k": 3, "bands": ["B02", "B03"]}, version="0.1.0")
+    fp = fingerprint(**base)
+    assert len(fp) == 64
+    reordered = dict(base, inputs={"s3://b/c": "2", "s3://b/a": "1"},
+                     params={"bands": ["B02", "B03"], "k": 3})
+    assert fingerprint(**reordered) == fp
+    assert fingerprint(**dict(base, params={"k": 4, "bands": ["B02", "B03"]})) != fp
+    assert fingerprint(**dict(base, version="0.1.1")) != fp
+    assert fingerprint(**dict(base, stage="other")) != fp
+    assert fingerprint(**dict(base, inputs={"s3://b/a": "1"})) != fp
+
+
+def test_fingerprint_rejects_non_json() -> None:
+    with pytest.raises(TypeError, match=r"params must be JSON-serialisable.*set"):
+        fingerprint(stage="s", inputs={}, params={"x": {1, 2}}, version="1")
+    with pytest.raises(TypeError, match="inputs"):
+        fingerprint(stage="s", inputs={"u": object()}, params={}, version="1")
+
+
+def _stage(store: Store, root: str) -> tuple[str, dict[str, str]]:
+    outputs = {"map": join(root, "out", "map.tif"), "stats": join(root, "out", "stats.json")}
+    store.write_bytes(outputs["map"], b"raster")
+    store.write_json(outputs["stats"], {"n": 1})
+    return join(root, "out", "_record.json"), outputs
+
+
+def test_record_round_trip_and_is_current(
+    backend: tuple[Store, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    store, root = backend
+    record_url, outputs = _stage(store, root)
+    fp = fingerprint(stage="classify", inputs={}, params={"k": 1}, version="1")
+    assert store.read_record(record_url) is None
+    assert not store.is_current(record_url, fp)
+
+    rec = store.write_record(record_url, stage="classify", fingerprint=fp, outputs=outputs,
+                             details={"pixels": 64, "seconds": 0.5})
+    assert rec.checksums == {u: store.sha256(u) for u in outputs.values()}
+    assert rec.created.endswith("+00:00")
+    assert store.read_record(record_url) == rec
+    assert StageRecord.from_dict(rec.to_dict()) == rec
+
+    with caplog.at_level(logging.INFO, logger="clcplus_ops.store"):
+        assert store.is_current(record_url, fp)
+        assert store.is_current(record_url, fp, verify_checksums=True)
+    assert "skip: stage classify is current" in caplog.text
+    assert not store.is_current(record_url, "0" * 64)
+
+
+def test_is_current_false_when_output_deleted(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    record_url, outputs = _stage(store, root)
+    store.write_record(record_url, stage="s", fingerprint="fp", outputs=outputs)
+    store.delete(outputs["map"])
+    assert not store.is_current(record_url, "fp")
+
+
+def test_is_current_detects_tampering_only_when_verifying(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    record_url, outputs = _stage(store, root)
+    store.write_record(record_url, stage="s", fingerprint="fp", outputs=outputs)
+    store.write_bytes(outputs["map"], b"tampered")
+    assert store.is_current(record_url, "fp")
+    assert not store.is_current(record_url, "fp", verify_checksums=True)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b'{"stage": "s"}',
+        b"[1, 2]",
+        b"\xff\xfe",
+        b'{"stage": "s", "fingerprint": "fp", "created": "t", "checksums": {}, "outputs": [1]}',
+    ],
+)
+def test_corrupt_record_is_not_current(
+    backend: tuple[Store, str], caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    store, root = backend
+    record_url, _ = _stage(store, root)
+    store.write_bytes(record_url, content)
+    with caplog.at_level(logging.WARNING, logger="clcplus_ops.store"):
+        assert not store.is_current(record_url, "fp")
+    assert record_url in caplog.text and "corrupt" in caplog.text
+    with pytest.raises(StoreError, match="corrupt"):
+        store.read_record(record_url)
+
+
+def test_write_record_requires_all_outputs(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    record_url, outputs = _stage(store, root)
+    missing = join(root, "out", "never.tif")
+    with pytest.raises(StoreError, match=r"output 'extra' does not exist at " + missing):
+        store.write_record(record_url, stage="s", fingerprint="fp",
+                           outputs={**outputs, "extra": missing})
+    assert not store.exists(record_url)
