@@ -58,8 +58,8 @@ class LayoutParams:
     lat_weight: float = 0.75
     sea_weight: float = 0.75
     sea_cap_m: float = 150_000.0
-    lloyd_iterations: int = 60
-    balance_iterations: int = 400
+    lloyd_iterations: int = 30
+    balance_sweeps: int = 100
 
 
 @dataclass
@@ -165,31 +165,92 @@ def sea_distance_m(grid: CellGrid) -> np.ndarray:
 
 
 def balanced_kmeans(features: np.ndarray, weight: np.ndarray, params: LayoutParams) -> np.ndarray:
-    """Cluster labels with areas near total / k: Lloyd steps, then penalty-only balancing.
+    """Cluster labels with areas near total / k.
 
-    The assignment minimises squared feature distance plus a per-cluster penalty; raising the
-    penalty of too-large clusters moves their borders inwards (a power diagram). The labels
-    with the smallest max/min area ratio seen during balancing are returned.
+    The assignment minimises squared feature distance plus a per-cluster penalty (a power
+    diagram); penalties are set by exact coordinate ascent (see ``balance_penalties``).
+    Lloyd steps move the centres to their clusters' means between balancing rounds. Of the
+    final balancing sweeps, the labels with the smallest max/min area ratio are kept.
     """
     k = params.n_units
-    rng = np.random.default_rng(params.seed)
-    centres = _kmeans_plus_plus(features, weight, k, rng)
+    centres = _kmeans_plus_plus(features, weight, k, np.random.default_rng(params.seed))
     penalty = np.zeros(k)
+    for _ in range(params.lloyd_iterations):
+        labels = balance_penalties(_sq_distances(features, centres), weight, penalty, sweeps=3)[-1]
+        centres = _weighted_means(features, weight, labels, centres)
+    return balance_penalties(_sq_distances(features, centres), weight, penalty, sweeps=params.balance_sweeps)[-1]
+
+
+def balance_penalties(
+    dist: np.ndarray, weight: np.ndarray, penalty: np.ndarray, sweeps: int, tolerance: float = 0.005
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adjust ``penalty`` in place, one cluster at a time, so that each cluster's area becomes
+    total / k given the others (Gauss-Seidel on the dual of the balanced assignment).
+
+    Returns (penalty, labels) with the best max/min area ratio met during the sweeps.
+    """
+    k = dist.shape[1]
     target = weight.sum() / k
-    best, best_ratio = None, math.inf
-    for it in range(params.lloyd_iterations + params.balance_iterations):
-        labels = np.argmin(_sq_distances(features, centres) + penalty, axis=1)
+    cost = dist + penalty
+    labels = np.argmin(cost, axis=1)
+    best_cost = cost[np.arange(len(cost)), labels]
+    kept, kept_ratio = labels.copy(), _ratio(weight, labels, k)
+    for _ in range(sweeps):
         areas = np.bincount(labels, weight, minlength=k)
-        if it < params.lloyd_iterations:
-            centres = _weighted_means(features, weight, labels, centres)
-            step = 0.05
-        else:
-            ratio = areas.max() / max(areas.min(), 1e-9)
-            if ratio < best_ratio:
-                best, best_ratio = labels.copy(), ratio
-            step = 0.05 * (1 - 0.9 * (it - params.lloyd_iterations) / params.balance_iterations)
-        penalty += step * np.log(np.maximum(areas, target * 0.01) / target)
-    return best
+        if np.abs(areas - target).max() <= tolerance * target:
+            break
+        for c in np.argsort(-np.abs(areas - target), kind="stable"):
+            need = target - np.bincount(labels, weight, minlength=k)[c]
+            if abs(need) <= tolerance * target:
+                continue
+            if need > 0:
+                delta = _grow(cost, best_cost, labels, weight, c, need)
+            else:
+                delta = _shrink(cost, best_cost, labels, weight, c, -need)
+            penalty[c] += delta
+        ratio = _ratio(weight, labels, k)
+        if ratio < kept_ratio:
+            kept, kept_ratio = labels.copy(), ratio
+    return penalty, kept
+
+
+def _grow(cost, best_cost, labels, weight, c, need) -> float:
+    """Lower cluster c's penalty just enough to take ``need`` km² from the others."""
+    others = np.flatnonzero(labels != c)
+    delta = -_quantile(cost[others, c] - best_cost[others], weight[others], need) - 1e-12
+    cost[:, c] += delta
+    moved = cost[:, c] < best_cost
+    labels[moved], best_cost[moved] = c, cost[moved, c]
+    return delta
+
+
+def _shrink(cost, best_cost, labels, weight, c, excess) -> float:
+    """Raise cluster c's penalty just enough to hand ``excess`` km² to the runners-up."""
+    own = np.flatnonzero(labels == c)
+    rest = cost[own].copy()
+    rest[:, c] = np.inf
+    runner = np.argmin(rest, axis=1)
+    runner_cost = rest[np.arange(len(own)), runner]
+    delta = _quantile(runner_cost - cost[own, c], weight[own], excess) + 1e-12
+    cost[:, c] += delta
+    moved = cost[own, c] > runner_cost
+    labels[own[moved]], best_cost[own[moved]] = runner[moved], runner_cost[moved]
+    return delta
+
+
+def _quantile(values: np.ndarray, weight: np.ndarray, amount: float) -> float:
+    """The value at which the cumulative weight of the sorted values comes closest to ``amount``."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weight[order])
+    pos = min(int(np.searchsorted(cumulative, amount)), len(order) - 1)
+    if pos > 0 and amount - cumulative[pos - 1] < cumulative[pos] - amount:
+        pos -= 1
+    return float(values[order[pos]])
+
+
+def _ratio(weight: np.ndarray, labels: np.ndarray, k: int) -> float:
+    areas = np.bincount(labels, weight, minlength=k)
+    return float(areas.max() / areas.min()) if areas.min() > 0 else math.inf
 
 
 def _kmeans_plus_plus(features: np.ndarray, weight: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -48,3 +48,19 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference data {path} is not available (the shared/ folder beside the repository)")
     return path
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure():
+    """Record a measured figure; all of them are printed at the end of the run."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
