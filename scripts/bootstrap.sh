@@ -17,9 +17,12 @@ stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing into .venv with $python (first run takes a few minutes)" >&2
   [ -x .venv/bin/python ] || "$python" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  # This machine's pip configuration names local index folders that may be absent; drop
+  # pip's one-line warnings about them, keep everything else it says.
+  quiet_pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+  quiet_pip install --quiet --upgrade pip
   # torch is pinned to 2.13.0; the development and CI machines hold its CPU wheel locally.
-  .venv/bin/python -m pip install --quiet --constraint constraints.txt --editable ".[test]"
+  quiet_pip install --quiet --constraint constraints.txt --editable ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

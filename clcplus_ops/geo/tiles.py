@@ -197,7 +197,7 @@ def tiles_for_area(
     # Densify before reprojecting so long straight edges (zone borders) stay true.
     area_lonlat = shapely.segmentize(area_lonlat, 0.05)
     found: set[ProcessingTile] = set()
-    uncovered: list[BaseGeometry] = []
+    uncovered: dict[int, BaseGeometry] = {}
     for epsg, squares in sorted(by_epsg.items()):
         part = area_lonlat.intersection(shapely.segmentize(zone_region(epsg), 0.05))
         if part.is_empty or part.area == 0:
@@ -207,12 +207,13 @@ def tiles_for_area(
         own = shapely.union_all([box(q.x0, q.y0, q.x0 + SQUARE_M, q.y0 + SQUARE_M) for q in squares])
         rest = part_utm.difference(own)
         if rest.area > 1.0:
-            uncovered.append(_to_crs(shapely.segmentize(rest, 5_000.0), f"EPSG:{epsg}", "EPSG:4326"))
-    if uncovered:
-        rest_lonlat = shapely.union_all(uncovered)
-        for epsg, squares in sorted(by_epsg.items()):
-            rest_utm = _to_crs(rest_lonlat, "EPSG:4326", f"EPSG:{epsg}")
-            found.update(_tiles_meeting(rest_utm, squares, tile_size_m, pixel_size_m))
+            uncovered[epsg] = _to_crs(shapely.segmentize(rest, 5_000.0), f"EPSG:{epsg}", "EPSG:4326")
+    for home, rest_lonlat in uncovered.items():
+        # Neighbouring zones of the same hemisphere (two apart around Svalbard).
+        for epsg in (home - 2, home - 1, home + 1, home + 2):
+            if epsg in by_epsg:
+                rest_utm = _to_crs(rest_lonlat, "EPSG:4326", f"EPSG:{epsg}")
+                found.update(_tiles_meeting(rest_utm, by_epsg[epsg], tile_size_m, pixel_size_m))
     return sorted(found)
 
 
