@@ -60,7 +60,12 @@ def cmd_layout_report(args) -> int:
     counts = [len(tiles[p]) for p in units]
     print(f"layout {args.layout}: {path}")
     print(f"production units: {len(units)}; total area {sum(areas):,.0f} km2 (ATBD coverage: 6,002,105 km2)")
-    print(f"PU area km2: min {min(areas):,.0f}, median {statistics.median(areas):,.0f}, max {max(areas):,.0f}")
+    groups = {"EPSG:3035 (mainland)": [u.area_km2 for u in units.values() if u.crs == "EPSG:3035"],
+              "UTM (overseas departments)": [u.area_km2 for u in units.values() if u.crs != "EPSG:3035"]}
+    for label, group in groups.items():
+        if group:
+            print(f"  {len(group)} PUs in {label}: area km2 min {min(group):,.0f}, median "
+                  f"{statistics.median(group):,.0f}, max {max(group):,.0f} (max/min {max(group) / min(group):.2f})")
     print(f"tiles of {grid.tile_size_m / 1000:g} km per PU (buffer {grid.pu_buffer_m / 1000:g} km): "
           f"min {min(counts)}, median {statistics.median(counts):g}, max {max(counts)}, total {sum(counts)} "
           f"(tile index in {time.perf_counter() - start:.1f} s)")
@@ -105,6 +110,7 @@ def cmd_demo(args) -> int:
         shutil.rmtree(home)
     config_path = write_embedded_config(home, home / "config.yaml")
     env = airflow_env(home, repo, config_path)
+    env.setdefault("PYTHONWARNINGS", "ignore")  # library deprecation chatter hides the demo's output
     airflow = str(Path(sys.executable).with_name("airflow"))
     started = time.perf_counter()
     print(f"demo: Airflow home {env['AIRFLOW_HOME']} (SQLite, LocalExecutor), store {home / 'store'}")

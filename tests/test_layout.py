@@ -204,6 +204,11 @@ def test_missing_and_unreadable_files_are_refused(tmp_path):
     for reader in (load_layout, layout_index):
         with pytest.raises(LayoutError, match="cannot be read"):
             reader(garbage)
+    table = tmp_path / "table.csv"
+    table.write_text("pu_id,crs\nA,EPSG:3035\n")
+    with pytest.raises(LayoutError, match="has no geometry column"):
+        load_layout(table)
+    assert layout_index(table)[0]["pu_id"] == "A"
 
 
 def test_optional_columns_default(tmp_path):

@@ -86,11 +86,11 @@ def layout_index(path: str | Path) -> list[dict]:
     unknown CRSs, with the messages of ``load_layout``."""
     path = Path(path)
     try:
-        stat = path.stat()
+        version = (path.stat().st_mtime_ns, path.stat().st_size)
     except OSError:
-        stat = None
+        version = (0, 0)  # _read reports the missing file
     # Cached per file version: a DAG file parsed again in the same process reads nothing.
-    rows = _index_rows(str(path), stat.st_mtime_ns, stat.st_size) if stat else _index_rows(str(path), 0, 0)
+    rows = _index_rows(str(path), *version)
     return [dict(zip(("pu_id", "name", "area_km2", "crs"), row)) for row in rows]
 
 
@@ -104,7 +104,7 @@ def _index_rows(path_text: str, mtime_ns: int, size: int) -> tuple[tuple, ...]:
         (pu_id, _name(frame, row, pu_id), _given_area(frame, row, pu_id, path), crs_values[row])
         for row, pu_id in enumerate(ids)
     ]
-    return tuple(sorted(rows))
+    return tuple(sorted(rows, key=lambda r: r[0]))
 
 
 def layout_report(units: Mapping[str, ProductionUnit] | Iterable[ProductionUnit]) -> dict:
@@ -132,9 +132,12 @@ def _read(path: Path, read_geometry: bool) -> pd.DataFrame:
     if not read_geometry and path.suffix.lower() in _GEOJSON_SUFFIXES:
         return _read_geojson_properties(path)
     try:
-        return pyogrio.read_dataframe(path, read_geometry=read_geometry)
+        frame = pyogrio.read_dataframe(path, read_geometry=read_geometry)
     except Exception as exc:  # pyogrio raises several types (DataSourceError, OSError, …)
         raise LayoutError(f"layout file {path} cannot be read: {exc}") from exc
+    if read_geometry and not isinstance(frame, gpd.GeoDataFrame):
+        raise LayoutError(f"layout file {path} has no geometry column")
+    return frame
 
 
 def _read_geojson_properties(path: Path) -> pd.DataFrame:
