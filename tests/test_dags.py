@@ -53,8 +53,8 @@ def test_only_tiles_param_refuses_a_wrong_tile_id(dagbag):
     dag.params.validate()
     param = dag.params.get_param("only_tiles")
     assert param.resolve([choices[0]]) == [choices[0]]
-    with pytest.raises(ParamValidationError, match="'33XXX_r0c0' is not one of"):
-        param.resolve(["33XXX_r0c0"])
+    with pytest.raises(ParamValidationError, match="'33ZZZ_r0c0' is not one of"):
+        param.resolve(["33ZZZ_r0c0"])
     with pytest.raises(ParamValidationError, match="non-unique"):
         param.resolve([choices[0], choices[0]])
 
