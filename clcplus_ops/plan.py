@@ -28,6 +28,11 @@ def tile_url(config: Config, reference_year: int, pu_id: str, tile_id: str) -> s
     return join(pu_url(config, reference_year, pu_id), "tiles", tile_id)
 
 
+def stage_record_url(tile_base_url: str, stage: str) -> str:
+    """Where a per-tile stage records that it finished (and from what)."""
+    return join(tile_base_url, "_records", f"{stage}.json")
+
+
 @dataclass(frozen=True)
 class TilePlan:
     pu_id: str
@@ -37,8 +42,8 @@ class TilePlan:
     plan_url: str
 
     def for_tasks(self) -> list[dict]:
-        """What crosses XCom to the mapped tile tasks: small dicts, one per tile."""
-        return [{"tile_id": t.tile_id, "epsg": t.epsg, "bounds": list(t.bounds)} for t in self.tiles]
+        """What crosses XCom to the mapped tile tasks: the tile id (tasks rebuild the tile)."""
+        return [{"tile_id": t.tile_id} for t in self.tiles]
 
 
 def plan_tiles(
@@ -61,13 +66,13 @@ def plan_tiles(
     if not tiles:
         raise ValueError(f"production unit {pu_id} meets no Sentinel-2 processing tile")
     if only_tiles:
-        known = {t.tile_id for t in tiles}
-        unknown = sorted(set(only_tiles) - known)
+        known, wanted = {t.tile_id for t in tiles}, set(only_tiles)
+        unknown = sorted(wanted - known)
         if unknown:
             raise ValueError(
                 f"only_tiles names {unknown}, which are not tiles of {pu_id}; its tiles are {sorted(known)}"
             )
-        tiles = [t for t in tiles if t.tile_id in set(only_tiles)]
+        tiles = [t for t in tiles if t.tile_id in wanted]
     plan_url = join(pu_url(config, reference_year, pu_id), "plan.json")
     store.write_json(
         plan_url,
@@ -94,7 +99,7 @@ def define_tile(
     skipped when it is already there for the same tile and code version."""
     store = store or store_for(config)
     base = tile_url(config, reference_year, pu_id, tile.tile_id)
-    definition_url, record_url = join(base, "tile.json"), join(base, "_records", "define_tile.json")
+    definition_url, record_url = join(base, "tile.json"), stage_record_url(base, "define_tile")
     key = fingerprint(stage="define_tile", inputs={"tile": tile.to_dict()}, params={}, version=clcplus_ops.__version__)
     if not force and store.is_current(record_url, key):
         log.info("%s: tile definition is current, skipped", tile.tile_id)
@@ -111,7 +116,7 @@ def join_tiles(config: Config, pu_id: str, reference_year: int, store: Store | N
     planned = store.read_json(join(base, "plan.json"))
     missing = [
         t["tile_id"] for t in planned["tiles"]
-        if store.read_record(join(base, "tiles", t["tile_id"], "_records", "define_tile.json")) is None
+        if store.read_record(stage_record_url(tile_url(config, reference_year, pu_id, t["tile_id"]), "define_tile")) is None
     ]
     if missing:
         raise RuntimeError(f"{pu_id} {reference_year}: tiles {missing} have not finished; re-run them with only_tiles")

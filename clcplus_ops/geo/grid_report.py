@@ -3,6 +3,7 @@ and say why each difference arises."""
 
 from __future__ import annotations
 
+import geopandas as gpd
 import shapely
 from shapely.geometry import box
 
@@ -35,12 +36,11 @@ def product_tile_report(aoi_buffer_m: float = 250.0) -> dict:
         extra_by_reason.setdefault(reason, []).append(code)
 
     excluded = {}
+    all_land = aoi.countries().geometry.union_all()
     for name, lonlat_box in aoi.EXCLUDED_LONLAT_BOXES.items():
-        part = aoi.countries().geometry.union_all().intersection(box(*lonlat_box))
+        part = all_land.intersection(box(*lonlat_box))
         if part.is_empty:
             continue
-        import geopandas as gpd
-
         projected = gpd.GeoSeries([part], crs="EPSG:4326").to_crs(aoi.EEA_CRS).iloc[0]
         cells = [c for c in cells_covering(projected.buffer(aoi_buffer_m)) if not c.startswith("e-")]
         excluded[name] = {"cells": len(cells), "official": len(set(cells) & official)}

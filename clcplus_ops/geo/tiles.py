@@ -6,7 +6,9 @@ A tile id reads ``{MGRS square}_r{row}c{col}``, rows counted from the north and 
 the west inside the square: ``33TVL_r0c3`` is the north-east 25 km tile of square 33TVL.
 Each point on the ground belongs to one UTM zone (with the MGRS exceptions around Norway and
 Svalbard), so a production unit spanning two zones gets tiles from both, each tile kept where it
-meets the part of the unit in its own zone.
+meets the part of the unit in its own zone. Where the Sentinel-2 grid has no square of the home
+zone (it leaves zone edges to the overlapping squares of the neighbour), the neighbour's tiles
+cover that ground.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def _square_tiles(square: MgrsSquare, tile_size_m: int):
     return rows, cols, shapely.box(xmin, ymax - tile_size_m, xmin + tile_size_m, ymax)
 
 
-def _tiles_meeting(area_utm: BaseGeometry, squares: list[MgrsSquare], tile_size_m: int, pixel_size_m: int) -> list[ProcessingTile]:
+def _tiles_meeting(area_utm: BaseGeometry, squares: tuple[MgrsSquare, ...], tile_size_m: int, pixel_size_m: int) -> list[ProcessingTile]:
     shapely.prepare(area_utm)
     minx, miny, maxx, maxy = area_utm.bounds
     found = []
@@ -181,6 +183,25 @@ def _tiles_meeting(area_utm: BaseGeometry, squares: list[MgrsSquare], tile_size_
     return found
 
 
+@lru_cache(maxsize=1)
+def _squares_by_epsg() -> dict[int, tuple[MgrsSquare, ...]]:
+    by_epsg: dict[int, list[MgrsSquare]] = {}
+    for square in mgrs_squares().values():
+        by_epsg.setdefault(square.epsg, []).append(square)
+    return {epsg: tuple(squares) for epsg, squares in sorted(by_epsg.items())}
+
+
+@lru_cache(maxsize=256)
+def _zone_squares_union(epsg: int) -> BaseGeometry:
+    """The ground (UTM metres) that zone ``epsg``'s own 100 km squares cover."""
+    return shapely.union_all([box(q.x0, q.y0, q.x0 + SQUARE_M, q.y0 + SQUARE_M) for q in _squares_by_epsg()[epsg]])
+
+
+@lru_cache(maxsize=256)
+def _zone_region_dense(epsg: int) -> BaseGeometry:
+    return shapely.segmentize(zone_region(epsg), 0.05)
+
+
 def tiles_for_area(
     area_lonlat: BaseGeometry, tile_size_m: int = 25_000, pixel_size_m: int = 10
 ) -> list[ProcessingTile]:
@@ -190,22 +211,18 @@ def tiles_for_area(
     zone (it leaves zone edges to the overlapping squares of the neighbour), in the zone whose
     squares do cover it.
     """
-    by_epsg: dict[int, list[MgrsSquare]] = {}
-    for square in mgrs_squares().values():
-        by_epsg.setdefault(square.epsg, []).append(square)
-
+    by_epsg = _squares_by_epsg()
     # Densify before reprojecting so long straight edges (zone borders) stay true.
     area_lonlat = shapely.segmentize(area_lonlat, 0.05)
     found: set[ProcessingTile] = set()
     uncovered: dict[int, BaseGeometry] = {}
-    for epsg, squares in sorted(by_epsg.items()):
-        part = area_lonlat.intersection(shapely.segmentize(zone_region(epsg), 0.05))
+    for epsg, squares in by_epsg.items():
+        part = area_lonlat.intersection(_zone_region_dense(epsg))
         if part.is_empty or part.area == 0:
             continue
         part_utm = _to_crs(part, "EPSG:4326", f"EPSG:{epsg}")
         found.update(_tiles_meeting(part_utm, squares, tile_size_m, pixel_size_m))
-        own = shapely.union_all([box(q.x0, q.y0, q.x0 + SQUARE_M, q.y0 + SQUARE_M) for q in squares])
-        rest = part_utm.difference(own)
+        rest = part_utm.difference(_zone_squares_union(epsg))
         if rest.area > 1.0:
             uncovered[epsg] = _to_crs(shapely.segmentize(rest, 5_000.0), f"EPSG:{epsg}", "EPSG:4326")
     for home, rest_lonlat in uncovered.items():
