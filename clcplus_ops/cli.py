@@ -98,6 +98,30 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_synthetic_build(args) -> int:
+    from clcplus_ops.synthetic import build_world
+
+    record = build_world(_config(args), args.year, force=args.force)
+    state = "was current (kept)" if record["skipped"] else "built"
+    print(f"synthetic world {args.year} {state}: {record['items']} STAC items, catalogue {record['catalog_url']}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from clcplus_ops.geo.tiles import tile_from_id
+    from clcplus_ops.sentinel2.ingest import NoScenesError, ingest_tile
+
+    config = _config(args).for_layout(args.layout)
+    tile = tile_from_id(args.tile_id, config.grid.tile_size_m, config.grid.pixel_size_m)
+    try:
+        result = ingest_tile(config, args.pu_id, args.year, tile, force=args.force)
+    except NoScenesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from clcplus_ops.embedded import airflow_env, write_embedded_config
     from clcplus_ops.geo.layout import layout_index
@@ -116,6 +140,11 @@ def cmd_demo(args) -> int:
     print(f"demo: Airflow home {env['AIRFLOW_HOME']} (SQLite, LocalExecutor), store {home / 'store'}")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     config = load_config(config_path)
+    from clcplus_ops.synthetic import build_world
+
+    world = build_world(config, args.year)
+    print(f"demo: synthetic Sentinel-2 world {args.year} {'reused' if world['skipped'] else 'generated'}: "
+          f"{world['items']} scenes in {world['catalog_url']}")
     units = [u["pu_id"] for u in layout_index(config.layout_path("demo"))]
     for pu_id in units:
         dag_id = f"clcplus_pu_{pu_id}"
@@ -166,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--layout", default="production", choices=("production", "demo"))
     plan.add_argument("--only-tiles", nargs="*")
     plan.set_defaults(func=cmd_plan)
+
+    synthetic = sub.add_parser("synthetic", help="the synthetic Sentinel-2 world").add_subparsers(dest="action", required=True)
+    build = synthetic.add_parser("build", help="generate the world of a reference year (scenes, truth, samples)")
+    build.add_argument("year", type=int)
+    build.add_argument("--force", action="store_true", help="rebuild even if it is current")
+    build.set_defaults(func=cmd_synthetic_build)
+
+    ingest = sub.add_parser("ingest", help="build one tile's Sentinel-2 time series (the ingest stage)")
+    ingest.add_argument("pu_id")
+    ingest.add_argument("year", type=int)
+    ingest.add_argument("tile_id")
+    ingest.add_argument("--layout", default="production", choices=("production", "demo"))
+    ingest.add_argument("--force", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
 
     demo = sub.add_parser("demo", help="run the demo production on the embedded default")
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")

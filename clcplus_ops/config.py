@@ -39,6 +39,12 @@ class Sentinel2Config(Section):
     collection: str = "sentinel-2-c1-l2a"
     fallback_collection: str = "sentinel-2-l2a"
     resampling: Literal["nearest"] = "nearest"
+    # Where scenes come from: a STAC API (Earth Search by default) unless a static catalogue
+    # (URL of its catalog.json, e.g. the synthetic world's) is given.
+    stac_api_url: str = "https://earth-search.aws.element84.com/v1"
+    static_catalog: str | None = None
+    # Transient read errors (network, throttling) are retried this often per asset window.
+    read_retries: int = Field(3, ge=0, le=20)
 
     @field_validator("bands")
     @classmethod
@@ -50,6 +56,16 @@ class Sentinel2Config(Section):
         if len(set(bands)) != len(bands) or not bands:
             raise ValueError("bands must be a non-empty list without repeats")
         return bands
+
+    @model_validator(mode="after")
+    def _index_bands(self) -> Sentinel2Config:
+        from clcplus_ops.sentinel2.bands import INDEX_BANDS
+
+        missing = {i: [b for b in INDEX_BANDS[i] if b not in self.bands] for i in self.indices}
+        missing = {i: bands for i, bands in missing.items() if bands}
+        if missing:
+            raise ValueError(f"indices need bands that are not in sentinel2.bands: {missing}")
+        return self
 
     @field_validator("scl_masked_classes")
     @classmethod
@@ -67,6 +83,16 @@ class TimeSeriesConfig(Section):
     window_end_month: int = Field(4, ge=1, le=12, description="month of year Y+1 the window closes (exclusive, day 1)")
     step_days: int = Field(10, ge=1, le=31)
     n_steps: int = Field(54, ge=2, le=366)
+    # Tiles are computed in square blocks of this many pixels per side: it bounds the memory of
+    # an ingest task (about 1 GB at 512 px and ~110 acquisition dates), whatever the tile size.
+    block_px: int = Field(512, ge=256, le=4096)
+
+    @field_validator("block_px")
+    @classmethod
+    def _whole_output_blocks(cls, size: int) -> int:
+        if size % 256:
+            raise ValueError(f"block_px must be a multiple of 256 (the GeoTIFF block size), got {size}")
+        return size
 
     def window(self, reference_year: int) -> tuple[dt.date, dt.date]:
         """[start, end) of the acquisition window of ``reference_year``."""
@@ -98,6 +124,10 @@ class GridConfig(Section):
     pu_buffer_m: float = Field(10_000.0, ge=0, le=50_000)
     aoi_buffer_m: float = Field(250.0, ge=0, le=10_000)
     product_tile_size_m: int = Field(100_000, gt=0)
+    # Pixels read and computed around each tile so that neighbourhood filters (the bilateral
+    # filter reaches (win_size - 1) // 2 pixels) give the same result at tile edges as on the
+    # whole mosaic.
+    halo_px: int = Field(8, ge=0, le=256)
 
     @model_validator(mode="after")
     def _nested(self) -> GridConfig:
@@ -215,6 +245,36 @@ class TrainingConfig(Section):
     seed: int = 0
 
 
+class SyntheticConfig(Section):
+    """The synthetic Sentinel-2 world (``clcplus_ops.synthetic``): stands in for the archive on
+    machines that cannot reach one. The area defaults to the demo layout's tiles with halo."""
+
+    root: str = "file:///tmp/clcplus/synthetic"
+    seed: int = 0
+    # (xmin, ymin, xmax, ymax) in metres of ``epsg``; None = the demo layout's tiles + halo.
+    bounds: tuple[float, float, float, float] | None = None
+    epsg: int | None = None
+    n_samples: int = Field(3000, ge=0, le=10_000_000)
+    mislabelled_fraction: float = Field(0.05, ge=0, lt=1)
+    revisit_days: int = Field(5, ge=1, le=30)
+    processing_baseline: str = "05.11"
+
+    @field_validator("root")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return StoreConfig._url(url)
+
+    @model_validator(mode="after")
+    def _bounds_with_crs(self) -> SyntheticConfig:
+        if (self.bounds is None) != (self.epsg is None):
+            raise ValueError("bounds and epsg are given together (or neither)")
+        if self.bounds is not None:
+            xmin, ymin, xmax, ymax = self.bounds
+            if not (xmin < xmax and ymin < ymax):
+                raise ValueError(f"bounds must be (xmin, ymin, xmax, ymax) with min < max, got {self.bounds}")
+        return self
+
+
 class StoreConfig(Section):
     """Roots (URLs) of everything persisted; ``file://`` by default, ``s3://`` in production."""
 
@@ -267,6 +327,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     layout: LayoutConfig = LayoutConfig()
     demo: DemoConfig = DemoConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
 
     LAYOUTS: ClassVar[tuple[str, ...]] = ("production", "demo")
 

@@ -30,10 +30,14 @@ def airflow_env(home: Path, repo: Path, config_path: Path) -> dict[str, str]:
 
 
 def write_embedded_config(home: Path, path: Path, overrides: dict | None = None) -> Path:
-    """A configuration whose store roots are ``file://`` folders under ``home``."""
+    """A configuration whose store roots are ``file://`` folders under ``home``, with the
+    synthetic Sentinel-2 world (one static STAC catalogue per reference year) as scene source."""
     store = home.resolve() / "store"
+    synthetic = (store / "synthetic").as_uri()
     data = {
         "store": {name: (store / name).as_uri() for name in ("work", "models", "samples", "products")},
+        "synthetic": {"root": synthetic},
+        "sentinel2": {"static_catalog": f"{synthetic}/{{year}}/catalog.json"},
     }
     for key, value in (overrides or {}).items():
         data.setdefault(key, {}).update(value)

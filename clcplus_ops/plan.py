@@ -109,17 +109,26 @@ def define_tile(
     return {"tile_id": tile.tile_id, "url": definition_url, "skipped": False}
 
 
+# The per-tile stages, in order; a tile is finished when each has its record.
+TILE_STAGES = ("define_tile", "ingest")
+
+
 def join_tiles(config: Config, pu_id: str, reference_year: int, store: Store | None = None) -> dict:
     """Check that every planned tile finished its stages and write the PU's tile summary."""
     store = store or store_for(config)
     base = pu_url(config, reference_year, pu_id)
     planned = store.read_json(join(base, "plan.json"))
-    missing = [
-        t["tile_id"] for t in planned["tiles"]
-        if store.read_record(stage_record_url(tile_url(config, reference_year, pu_id, t["tile_id"]), "define_tile")) is None
-    ]
+    missing = {}
+    for t in planned["tiles"]:
+        tile_base = tile_url(config, reference_year, pu_id, t["tile_id"])
+        stages = [s for s in TILE_STAGES if store.read_record(stage_record_url(tile_base, s)) is None]
+        if stages:
+            missing[t["tile_id"]] = stages
     if missing:
-        raise RuntimeError(f"{pu_id} {reference_year}: tiles {missing} have not finished; re-run them with only_tiles")
+        raise RuntimeError(
+            f"{pu_id} {reference_year}: tiles {sorted(missing)} have not finished; re-run them with only_tiles "
+            f"(stages missing per tile: {missing})"
+        )
     summary = {"pu_id": pu_id, "reference_year": reference_year, "tiles": [t["tile_id"] for t in planned["tiles"]]}
     store.write_json(join(base, "tiles_done.json"), summary)
     log.info("%s %d: all %d planned tiles finished", pu_id, reference_year, len(summary["tiles"]))

@@ -40,6 +40,7 @@ SCHEMES = ("file", "s3")
 # Temporary files/dirs of in-flight file:// writes start with this; list() hides them.
 _TMP_PREFIX = ".clcplus-tmp-"
 _CHUNK = 1 << 20
+_SINGLE_PUT_MAX = 64 << 20  # larger files go up as a managed multipart upload
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -414,7 +415,12 @@ class Store:
                     _fsync(target.parent)
             else:
                 with self._s3_errors(url):
-                    self._s3.upload_file(str(tmp), bucket, key)
+                    if tmp.stat().st_size <= _SINGLE_PUT_MAX:
+                        # One PUT: no transfer-manager thread pool for the many small files.
+                        with tmp.open("rb") as body:
+                            self._s3.put_object(Bucket=bucket, Key=key, Body=body)
+                    else:
+                        self._s3.upload_file(str(tmp), bucket, key)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -445,10 +451,20 @@ class Store:
         fingerprint: str,
         outputs: Mapping[str, str],
         details: Mapping[str, Any] | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> StageRecord:
-        """Checksum the (already written) outputs and write the record; call it last."""
+        """Checksum the (already written) outputs and write the record; call it last.
+
+        ``checksums`` (url -> sha256) may give checksums the stage computed before uploading,
+        which saves reading large outputs back; the others are computed here."""
+        known = dict(checksums or {})
         checksums = {}
         for name, url in outputs.items():
+            if url in known:
+                if not self.exists(url):
+                    raise StoreError(f"stage {stage!r}: output {name!r} does not exist at {url}")
+                checksums[url] = known[url]
+                continue
             try:
                 checksums[url] = self.sha256(url)
             except FileNotFoundError:

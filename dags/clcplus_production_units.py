@@ -2,7 +2,8 @@
 
 Builds ``clcplus_pu_<PU id>`` for every PU of the configured production layout (138 by default)
 and of the demo layout. Each DAG plans the PU's 25 km tiles, fans out to one mapped task group
-per tile (the map index shows the tile id), then joins. Tasks call ``clcplus_ops`` stages; only
+per tile (the map index shows the tile id: define the tile, then ingest its Sentinel-2 time
+series), then joins. Tasks call ``clcplus_ops`` stages; only
 tile ids and small dicts cross XCom. No science here.
 """
 
@@ -33,6 +34,18 @@ def _reference_year(context) -> int:
     from clcplus_ops import calendar
 
     return calendar.reference_year(context["data_interval_start"], context["data_interval_end"])
+
+
+def _tile_task(layout: str, tile: dict):
+    """What every per-tile task starts from: names its map index after the tile and returns
+    (the layout's config, the processing tile, the reference year, the force param)."""
+    from clcplus_ops.geo.tiles import tile_from_id
+
+    context = get_current_context()
+    context["tile_id"] = tile["tile_id"]
+    config = load_config().for_layout(layout)
+    grid_tile = tile_from_id(tile["tile_id"], config.grid.tile_size_m, config.grid.pixel_size_m)
+    return config, grid_tile, _reference_year(context), context["params"]["force"]
 
 
 def build_pu_dag(layout: str, unit: dict, tile_ids: list[str], tile_km: float) -> DAG:
@@ -75,16 +88,22 @@ def build_pu_dag(layout: str, unit: dict, tile_ids: list[str], tile_km: float) -
             @task(map_index_template="{{ tile_id }}")
             def define_tile(tile: dict) -> dict:
                 from clcplus_ops import plan
-                from clcplus_ops.geo.tiles import tile_from_id
 
-                context = get_current_context()
-                context["tile_id"] = tile["tile_id"]
-                config = load_config().for_layout(layout)
-                grid_tile = tile_from_id(tile["tile_id"], config.grid.tile_size_m, config.grid.pixel_size_m)
-                force = context["params"]["force"]
-                return plan.define_tile(config, pu_id, _reference_year(context), grid_tile, force=force)
+                config, grid_tile, year, force = _tile_task(layout, tile)
+                return plan.define_tile(config, pu_id, year, grid_tile, force=force)
 
-            return define_tile(tile)
+            @task(map_index_template="{{ tile_id }}")
+            def ingest(tile: dict) -> dict:
+                from airflow.sdk.exceptions import AirflowFailException
+                from clcplus_ops.sentinel2.ingest import NoScenesError, ingest_tile
+
+                config, grid_tile, year, force = _tile_task(layout, tile)
+                try:
+                    return ingest_tile(config, pu_id, year, grid_tile, force=force)
+                except NoScenesError as error:  # no retry brings scenes into the archive
+                    raise AirflowFailException(str(error)) from error
+
+            return ingest(define_tile(tile))
 
         @task
         def join_tiles() -> dict:

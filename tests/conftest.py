@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,19 @@ def airflow_db() -> None:
     """A migrated Airflow metadata database (SQLite) for the session."""
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, env=os.environ.copy(), capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def demo_world() -> dict:
+    """The synthetic Sentinel-2 world of the demo layout for reference year 2025, built once
+    into the session's store (the demo DAGs read its static catalogue)."""
+    from clcplus_ops.config import load_config
+    from clcplus_ops.synthetic import build_world
+
+    started = time.perf_counter()
+    record = build_world(load_config(), 2025)
+    FIGURES.append(f"synthetic world (demo area, 2025): {record['items']} items built in {time.perf_counter() - started:.1f} s")
+    return record
 
 
 def shared_path(*parts: str) -> Path:

@@ -40,8 +40,10 @@ def test_dagbag_imports_without_errors(dagbag):
 
 def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     dag = dagbag.get_dag("clcplus_pu_PU001")
-    assert {"plan_tiles", "tile.define_tile", "join_tiles"} <= set(dag.task_ids)
+    assert {"plan_tiles", "tile.define_tile", "tile.ingest", "join_tiles"} <= set(dag.task_ids)
     assert dag.get_task("tile.define_tile").map_index_template == "{{ tile_id }}"
+    assert dag.get_task("tile.ingest").map_index_template == "{{ tile_id }}"
+    assert dag.get_task("tile.ingest").upstream_task_ids == {"tile.define_tile"}
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
 
@@ -64,9 +66,11 @@ def _run(dag, conf=None):
     return dag.test(logical_date=pendulum.datetime(2026, 4, 1, tz="UTC"), run_conf=conf)
 
 
-def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag):
+def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_world, figure):
     dag = dagbag.get_dag("clcplus_pu_DEMO1")
+    started = time.perf_counter()
     run = _run(dag)
+    figure(f"dag.test clcplus_pu_DEMO1 (define + ingest of every tile): {time.perf_counter() - started:.1f} s")
     assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
     config = load_config()
     store = plan.store_for(config)
@@ -75,14 +79,18 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag):
     tile_ids = [t["tile_id"] for t in planned["tiles"]]
     assert planned["reference_year"] == 2025 and tile_ids
     assert store.read_json(f"{base}/tiles_done.json")["tiles"] == tile_ids
-    mapped = [ti for ti in run.get_task_instances() if ti.task_id == "tile.define_tile"]
-    assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)
+    for task_id in ("tile.define_tile", "tile.ingest"):
+        mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
+        assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)
     first = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json")
+    ingested = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json")
+    assert ingested.details["dates"] > 50
 
     # A second run finds every tile current and rewrites nothing.
     again = _run(dag)
     assert again.state == "success"
     assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json").created == first.created
+    assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json").created == ingested.created
 
     # A partial re-run of one tile plans just that tile.
     partial = _run(dag, {"only_tiles": [tile_ids[-1]]})

@@ -1,0 +1,116 @@
+"""Reading scene assets onto a tile's 10 m grid: window reads, nearest-neighbour resampling of the
+20 m and 60 m bands, and retries of transient read errors only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from affine import Affine
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from clcplus_ops.geo.tiles import ProcessingTile
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# GDAL / curl messages of errors worth retrying: the network or the server, not the file.
+_TRANSIENT_MARKERS = (
+    "timed out", "timeout", "connection reset", "connection refused", "could not resolve",
+    "temporarily unavailable", "curl error", "http response code: 5", "http response code: 429",
+    "slowdown", "throttl", "broken pipe", "ssl",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for read errors that a retry may cure (network, throttling, server errors)."""
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, (RasterioError, OSError)):
+        text = str(error).lower()
+        return any(marker in text for marker in _TRANSIENT_MARKERS)
+    return False
+
+
+def retrying(fn: Callable[[], T], *, what: str, retries: int, backoff_s: float = 0.5,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call ``fn``; retry it up to ``retries`` times on transient errors, with exponential
+    backoff. Other errors propagate at once (a corrupt file stays corrupt)."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as error:  # noqa: BLE001 - classified below
+            if attempt >= retries or not is_transient(error):
+                raise
+            delay = backoff_s * 2**attempt
+            attempt += 1
+            log.warning("transient error reading %s (%s); retry %d/%d in %.1f s", what, error, attempt, retries, delay)
+            sleep(delay)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: the tile with its halo, or one block of it."""
+
+    epsg: int
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.transform.c, self.transform.f
+        return (x0, y0 + self.height * self.transform.e, x0 + self.width * self.transform.a, y0)
+
+    def block(self, row: int, col: int, height: int, width: int) -> Grid:
+        return Grid(self.epsg, self.transform @ Affine.translation(col, row), height, width)
+
+    def blocks(self, size: int):
+        """(row, col, sub-grid) blocks of at most size x size pixels, row-major."""
+        for row in range(0, self.height, size):
+            for col in range(0, self.width, size):
+                yield row, col, self.block(row, col, min(size, self.height - row), min(size, self.width - col))
+
+
+def tile_grid(tile: ProcessingTile, halo_px: int) -> Grid:
+    """The tile's grid extended by ``halo_px`` pixels on every side."""
+    rows, cols = tile.shape
+    res = tile.pixel_size_m
+    xmin, _, _, ymax = tile.bounds
+    transform = Affine(res, 0.0, xmin - halo_px * res, 0.0, -res, ymax + halo_px * res)
+    return Grid(tile.epsg, transform, rows + 2 * halo_px, cols + 2 * halo_px)
+
+
+def _source_index(centres: np.ndarray, origin: float, step: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the source pixel containing each centre coordinate, and whether it exists."""
+    index = np.floor((centres - origin) / step).astype(np.int64)
+    return index, (index >= 0) & (index < size)
+
+
+def read_nearest(dataset, grid: Grid, band: int = 1) -> np.ndarray | None:
+    """The dataset's band on ``grid`` by nearest neighbour: each target pixel takes the source
+    pixel that contains its centre. Pixels outside the source get the nodata value (0 if none).
+    None when the grid and the dataset do not overlap (nothing is read)."""
+    src = dataset.transform
+    if src.b != 0 or src.d != 0:
+        raise ValueError(f"{dataset.name}: rotated rasters are not supported")
+    t = grid.transform
+    xs = t.c + (np.arange(grid.width) + 0.5) * t.a
+    ys = t.f + (np.arange(grid.height) + 0.5) * t.e
+    cols, col_ok = _source_index(xs, src.c, src.a, dataset.width)
+    rows, row_ok = _source_index(ys, src.f, src.e, dataset.height)
+    if not col_ok.any() or not row_ok.any():
+        return None
+    c0, c1 = cols[col_ok].min(), cols[col_ok].max() + 1
+    r0, r1 = rows[row_ok].min(), rows[row_ok].max() + 1
+    data = dataset.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+    fill = dataset.nodata if dataset.nodata is not None else 0
+    out = np.full((grid.height, grid.width), fill, dtype=data.dtype)
+    out[np.ix_(row_ok, col_ok)] = data[np.ix_(rows[row_ok] - r0, cols[col_ok] - c0)]
+    return out
