@@ -158,9 +158,15 @@ def cmd_demo(args) -> int:
     from clcplus_ops.plan import pu_url, store_for
 
     store = store_for(config)
+    from clcplus_ops.plan import stage_record_url, tile_url
+
     for pu_id in units:
         done = store.read_json(join(pu_url(config, args.year, pu_id), "tiles_done.json"))
-        print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles done under {pu_url(config, args.year, pu_id)}")
+        records = [store.read_record(stage_record_url(tile_url(config, args.year, pu_id, t), "ingest")) for t in done["tiles"]]
+        dates = [r.details["dates"] for r in records]
+        skipped = sum(r.details["scenes_skipped"] for r in records)
+        print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
+              f"dates per tile, {skipped} scenes skipped) under {pu_url(config, args.year, pu_id)}")
     print(f"demo: finished in {time.perf_counter() - started:.0f} s")
     return 0
 

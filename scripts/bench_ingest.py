@@ -16,6 +16,7 @@ runs ``clcplus ingest`` in a fresh process and reads that process's peak residen
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -60,16 +61,24 @@ def config_for(root: Path, size_px: int) -> tuple[Path, dict]:
     return path, data
 
 
+# A small launcher measures the command: on Linux a child's ru_maxrss includes the RSS of the
+# process that exec'd it, so the (large) benchmark process must not be that process.
+_MEASURE = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=sys.stderr)  # stdout carries the figures
+_, status, usage = os.wait4(child.pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_counter() - t, "maxrss_kib": usage.ru_maxrss}))
+"""
+
+
 def run_child(args: list[str]) -> tuple[float, float]:
-    """Run a command; (wall seconds, peak RSS of that very child in GiB, from wait4)."""
-    started = time.perf_counter()
-    child = subprocess.Popen(args)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, args)
-    return wall, usage.ru_maxrss / 2**20  # KiB on Linux
+    """Run a command; (wall seconds, peak RSS of that very process in GiB)."""
+    launcher = subprocess.run([sys.executable, "-c", _MEASURE, *args], stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(launcher.stdout.strip().splitlines()[-1])
+    if result["rc"]:
+        raise subprocess.CalledProcessError(result["rc"], args)
+    return result["wall"], result["maxrss_kib"] / 2**20
 
 
 def check_exactness(config_data: dict, size_px: int) -> tuple[bool, bool, int]:
