@@ -131,7 +131,16 @@ def cmd_demo(args) -> int:
         print(f"error: {repo} has no dags/ folder; run from the repository root or pass --repo", file=sys.stderr)
         return 2
     if args.fresh and home.exists():
-        shutil.rmtree(home)
+        # Start over, except for the synthetic world: it is deterministic and takes the longest
+        # to make, so it is generated once and reused (it rebuilds itself if its inputs change).
+        synthetic = home / "store" / "synthetic"
+        for path in home.iterdir():
+            if path.name == "store":
+                for part in path.iterdir():
+                    if part != synthetic:
+                        shutil.rmtree(part) if part.is_dir() else part.unlink()
+            else:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     config_path = write_embedded_config(home, home / "config.yaml")
     env = airflow_env(home, repo, config_path)
     env.setdefault("PYTHONWARNINGS", "ignore")  # library deprecation chatter hides the demo's output
@@ -220,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")
     demo.add_argument("--repo", default=".", help="repository root holding dags/ and plugins/")
     demo.add_argument("--year", type=int, default=2025)
-    demo.add_argument("--fresh", action="store_true", help="start from an empty demo folder")
+    demo.add_argument("--fresh", action="store_true", help="start over (the synthetic world is kept and reused)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
