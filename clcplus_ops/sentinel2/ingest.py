@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -49,7 +47,7 @@ from clcplus_ops.sentinel2.bands import SCL
 from clcplus_ops.sentinel2.cloudmask import valid_observations
 from clcplus_ops.sentinel2.reading import Grid, read_nearest, retrying, tile_grid
 from clcplus_ops.sentinel2.scenes import Scene, SceneSource, scene_source
-from clcplus_ops.store import Store, fingerprint, join
+from clcplus_ops.store import Store, as_url, fingerprint, join
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +195,9 @@ def read_block(
             for b, value in enumerate(values):
                 obs[k, b, new] = np.clip(value[new], _INT16.min + 1, _INT16.max)
             taken |= new
-        if taken.any():
+        if taken.any():  # else nothing was written: the row is reused by the next date
             days[k] = date.day
             k += 1
-        else:  # nothing valid: the row is reused by the next date
-            obs[k] = 0
     return obs[:k], valid[:k], days[:k]
 
 
@@ -228,14 +224,6 @@ def _footprint_lonlat(grid: Grid):
     to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
     outline = box(*grid.bounds).segmentize(grid.width * grid.transform.a / 8)
     return shapely.transform(outline, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _feature_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
@@ -280,6 +268,7 @@ def _compute_tile(
             for f, name in enumerate(names):
                 writers[name].write(features[f].reshape(shape), window=window)
             counts_writer.write(counts.reshape(1, block.height, block.width), window=window)
+            del features, counts  # before the next block's arrays are allocated
             t3 = time.perf_counter()
             stats["read_s"] += t1 - t0
             stats["compute_s"] += t2 - t1
@@ -290,7 +279,7 @@ def _compute_tile(
         for writer in [*writers.values(), counts_writer]:
             writer.close()
         for name, url in outputs.items():
-            checksums[url] = _sha256(paths[name])
+            checksums[url] = store.sha256(as_url(paths[name]))
     return {"checksums": checksums, **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}
 
 
