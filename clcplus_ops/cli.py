@@ -122,6 +122,91 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_samples_import(args) -> int:
+    from clcplus_ops.model.sample_db import SampleDBError, import_samples
+    from clcplus_ops.model.stages import sample_db_url
+    from clcplus_ops.plan import store_for
+
+    config = _config(args)
+    try:
+        summary = import_samples(store_for(config), sample_db_url(config), args.file, author=args.author,
+                                 layer=args.layer)
+    except SampleDBError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{summary.rows} rows: {summary.added} added, {summary.relabelled} relabelled, {summary.unchanged} unchanged"
+          + (f"; batch {summary.url}" if summary.url else "; nothing written"))
+    return 0
+
+
+def cmd_samples_history(args) -> int:
+    from clcplus_ops.model.sample_db import load_sample_db
+    from clcplus_ops.model.stages import sample_db_url
+    from clcplus_ops.plan import store_for
+
+    config = _config(args)
+    db = load_sample_db(store_for(config), sample_db_url(config))
+    try:
+        history = db.history(args.sample_id)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 1
+    columns = [c for c in ("revision", "label", "status", "reason", "author", "created", "batch_id") if c in history]
+    print(history[columns].to_string(index=False))
+    return 0
+
+
+TRAINING_STAGES = ("extract", "audit", "review", "evaluate", "fit", "register")
+
+
+def cmd_train(args) -> int:
+    from clcplus_ops.model import stages
+    from clcplus_ops.model.sample_db import SampleDBError
+
+    config = _config(args).for_layout(args.layout)
+    try:
+        if args.stage == "extract":
+            result = stages.extract_pu_samples(config, args.layout, args.pu_id, args.year, force=args.force)
+        elif args.stage == "audit":
+            result = stages.audit_pu_labels(config, args.pu_id, args.year, force=args.force)
+        elif args.stage == "review":
+            result = stages.apply_review(config, args.pu_id, args.year, args.choice, decisions_url=args.decisions,
+                                         reviewer=args.reviewer)
+        elif args.stage == "evaluate":
+            result = stages.evaluate_pu(config, args.pu_id, args.year, force=args.force)
+        elif args.stage == "fit":
+            result = stages.final_fit_pu(config, args.pu_id, args.year, force=args.force)
+        else:
+            result = stages.register_pu_model(config, args.pu_id, args.year)
+    except (stages.TrainingError, SampleDBError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from clcplus_ops.model import registry
+    from clcplus_ops.plan import store_for
+
+    config = _config(args)
+    store = store_for(config)
+    if args.action == "list":
+        for version in registry.list_versions(store, config.store.models, args.pu_id):
+            card = registry.resolve_model(store, config.store.models, args.pu_id, version).card
+            oa = card.get("metrics", {}).get("overall_accuracy")
+            print(f"{version}  {card['created']}  reference year {card.get('reference_year')}  "
+                  f"hold-out OA {oa:.1%}" if oa is not None else f"{version}  {card['created']}")
+        return 0
+    try:
+        model = registry.resolve_model(store, config.store.models, args.pu_id, args.version)
+    except registry.ModelNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(store.read_text(f"{model.url}/{registry.CARD_MARKDOWN}"))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from clcplus_ops.embedded import airflow_env, write_embedded_config
     from clcplus_ops.geo.layout import layout_index
@@ -224,6 +309,36 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--layout", default="production", choices=("production", "demo"))
     ingest.add_argument("--force", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
+
+    samples = sub.add_parser("samples", help="the sample DB (points, labels, revisions)").add_subparsers(dest="action", required=True)
+    simport = samples.add_parser("import", help="import sample points from CSV or GeoPackage")
+    simport.add_argument("file", help="path or store URL of a .csv (sample_id,label,lon,lat | x,y,epsg) or .gpkg")
+    simport.add_argument("--author", default="import")
+    simport.add_argument("--layer", help="GeoPackage layer (default: the first)")
+    simport.set_defaults(func=cmd_samples_import)
+    shistory = samples.add_parser("history", help="the revisions of one sample")
+    shistory.add_argument("sample_id")
+    shistory.set_defaults(func=cmd_samples_history)
+
+    train = sub.add_parser("train", help="one training stage of a PU (as the training DAG runs them)")
+    train.add_argument("stage", choices=TRAINING_STAGES)
+    train.add_argument("pu_id")
+    train.add_argument("year", type=int, help="reference year of the sample time series")
+    train.add_argument("--layout", default="production", choices=("production", "demo"))
+    train.add_argument("--force", action="store_true")
+    train.add_argument("--choice", default="keep", choices=("accept", "keep", "decisions"), help="review: the expert's choice")
+    train.add_argument("--decisions", help="review: URL or path of the decisions CSV (with --choice decisions)")
+    train.add_argument("--reviewer", default="expert", help="review: who decided")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
+    mlist = models.add_parser("list", help="registered versions of a PU's model")
+    mlist.add_argument("pu_id")
+    mlist.set_defaults(func=cmd_models)
+    mshow = models.add_parser("show", help="the model card of a version (latest by default)")
+    mshow.add_argument("pu_id")
+    mshow.add_argument("--version")
+    mshow.set_defaults(func=cmd_models)
 
     demo = sub.add_parser("demo", help="run the demo production on the embedded default")
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")

@@ -240,9 +240,48 @@ class TrainingConfig(Section):
     max_omission: float = Field(0.15, ge=0, le=1)
     max_commission: float = Field(0.15, ge=0, le=1)
     label_audit_rounds: int = Field(15, ge=1, le=100)
+    # Each audit round is a k-fold cross-prediction, so every sample gets out-of-sample
+    # probabilities in every round.
+    label_audit_folds: int = Field(3, ge=2, le=20)
+    # The audit trains rounds x folds models that only rank samples; a smaller epoch budget for
+    # them (None: ``epochs``) keeps 15 rounds affordable. Hold-out and final models use ``epochs``.
+    label_audit_epochs: int | None = Field(None, ge=1, le=10_000)
+    # Cleanlab's filter per round. "low_self_confidence" flags the number of issues confident
+    # learning estimates, taking the samples least confident in their given label; its ranking
+    # is stable from round to round, so "flagged in every round" keeps the real errors
+    # (prune_by_noise_rate's per-class-pair quotas shift between rounds and lose them).
+    label_audit_filter: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+        "low_self_confidence", "low_normalized_margin",
+    ] = "low_self_confidence"
     holdout_fraction: float = Field(0.20, gt=0, lt=1)
     epochs: int = Field(60, ge=1, le=10_000)
     seed: int = 0
+    # TempCNN (Pelletier et al. 2019): conv blocks of Conv1d + batch norm + ReLU + dropout,
+    # one dense layer, softmax over the 11 classes.
+    conv_layers: int = Field(3, ge=1, le=10)
+    conv_filters: int = Field(64, ge=1, le=1024)
+    kernel_size: int = Field(5, ge=1, le=25)
+    dense_units: int = Field(256, ge=1, le=8192)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    weight_decay: float = Field(1e-4, ge=0)
+    # Cyclic learning rate: the "triangular2" policy of Smith (2017), the rate rising from
+    # min_lr to max_lr and back over each cycle, the peak halved every cycle.
+    min_lr: float = Field(1e-4, gt=0)
+    max_lr: float = Field(5e-3, gt=0)
+    lr_cycle_epochs: int = Field(4, ge=2, le=1000)
+    # Early stopping on a stratified validation share of the training samples.
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    patience_epochs: int = Field(8, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _learning_rates(self) -> TrainingConfig:
+        if self.min_lr >= self.max_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be below max_lr ({self.max_lr})")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the time axis length, got {self.kernel_size}")
+        return self
 
 
 class SyntheticConfig(Section):
@@ -254,7 +293,7 @@ class SyntheticConfig(Section):
     # (xmin, ymin, xmax, ymax) in metres of ``epsg``; None = the demo layout's tiles + halo.
     bounds: tuple[float, float, float, float] | None = None
     epsg: int | None = None
-    n_samples: int = Field(3000, ge=0, le=10_000_000)
+    n_samples: int = Field(6000, ge=0, le=10_000_000)
     mislabelled_fraction: float = Field(0.05, ge=0, lt=1)
     revisit_days: int = Field(5, ge=1, le=30)
     processing_baseline: str = "05.11"
@@ -308,7 +347,7 @@ class DemoConfig(Section):
 
     layout_path: str | None = None
     grid: GridConfig = GridConfig(tile_size_m=2_500, pu_buffer_m=1_000.0)
-    training_epochs: int = Field(8, ge=1, le=10_000)
+    label_audit_epochs: int = Field(12, ge=1, le=10_000)
 
     def resolve_layout(self) -> Path:
         return Path(self.layout_path).expanduser() if self.layout_path else resources.DEMO_LAYOUT
@@ -341,7 +380,7 @@ class Config(Section):
         self._check_layout(layout)
         if layout == "production":
             return self
-        training = self.training.model_copy(update={"epochs": self.demo.training_epochs})
+        training = self.training.model_copy(update={"label_audit_epochs": self.demo.label_audit_epochs})
         return self.model_copy(update={"grid": self.demo.grid, "training": training})
 
     def _check_layout(self, layout: str) -> None:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -297,6 +298,47 @@ class Store:
         with self._s3_errors(url):
             self._s3.put_object(Bucket=bucket, Key=key, Body=data)  # single PUT: atomic
 
+    def write_bytes_if_absent(self, url: str, data: bytes) -> bool:
+        """Create the object at ``url`` only if nothing exists there; never overwrites.
+
+        Returns True if this call created it, False if something was already there. Atomic with
+        respect to concurrent writers (exactly one of several racing callers gets True) and to
+        readers (they see nothing or the whole content):
+
+        - ``file://``: the data goes to a temporary file in the destination folder, is fsynced,
+          then hard-linked to the target name (``link`` fails if the name exists) and the
+          temporary name removed. On a filesystem without hard links the target is created with
+          ``O_CREAT | O_EXCL`` and written in place: still race-free among writers, but a reader
+          may briefly see it partially written.
+        - ``s3://``: a single ``PUT`` with ``If-None-Match: *`` (S3 conditional writes); S3
+          answers 412 PreconditionFailed if the key exists, or 409 ConditionalRequestConflict
+          while a conflicting write of the same key is in flight: both give False. AWS S3 (since
+          August 2024) and the moto server of the tests honour the header; an S3-compatible
+          endpoint that ignores it would silently overwrite (check older Ceph/MinIO releases).
+          If the response to a successful PUT is lost and the SDK retries, the retry sees the
+          object and False is returned although this call created it: callers that must tell
+          the two apart can compare the content read back.
+        """
+        data = bytes(data)
+        scheme, _ = _split(url)
+        if scheme == "file":
+            return _file_create_if_absent(_local_path(url), data)
+        bucket, key = _bucket_key(url)
+        try:
+            with self._s3_errors(url):
+                self._s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                err = cause.response.get("Error", {})
+                status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(err.get("Code") or status)
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    log.debug("write_bytes_if_absent: %s already exists (%s)", url, code)
+                    return False
+            raise
+        return True
+
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8")
 
@@ -529,3 +571,56 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# errno values of a filesystem that cannot hard-link (FAT/exFAT, some FUSE and SMB mounts).
+_NO_LINK_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _file_create_if_absent(target: Path, data: bytes) -> bool:
+    """``Store.write_bytes_if_absent`` for a local path (see there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # cheap early exit; the link below is what decides
+        return False
+    # Not mkstemp: its 0600 mode would stick to the target; this honours the umask like
+    # write_bytes does.
+    tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # data on disk before the name makes it visible
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK_ERRNOS:
+                raise
+            log.warning("no hard links at %s (%s): creating %s in place",
+                        target.parent, exc, target)
+            return _file_create_exclusive(target, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        _fsync(target.parent)  # persist the new name
+    return True
+
+
+def _file_create_exclusive(target: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)  # a half-written object must not count as present
+        raise
+    with contextlib.suppress(OSError):
+        _fsync(target.parent)
+    return True

@@ -19,8 +19,15 @@ _home = Path(tempfile.mkdtemp(prefix="clcplus-test-"))
 
 from clcplus_ops.embedded import airflow_env, write_embedded_config  # noqa: E402
 
-_config = write_embedded_config(_home, _home / "config.yaml")
+# Same code, smaller configuration: two label-audit rounds instead of 15 keep the training DAG
+# test to about a minute (the 15-round figures come from scripts/bench_training.py).
+_config = write_embedded_config(_home, _home / "config.yaml", {"training": {"label_audit_rounds": 2}})
 os.environ.update(airflow_env(_home, REPO, _config))
+os.environ.update(
+    # The expert who answers review requests through the REST API in the training DAG test.
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,expert:admin",
+    AIRFLOW__API_AUTH__JWT_SECRET="clcplus-test-session-secret-" * 3,
+)
 # DAG files import the timetable from the plugins folder, as Airflow's processes do.
 sys.path.insert(0, str(REPO / "plugins"))
 

@@ -90,11 +90,12 @@ def test_config_show_refuses_a_bad_file(tmp_path):
     assert "grid.pu_buffer_m" in result.stderr and "greater than or equal to 0" in result.stderr
 
 
-def test_demo_configuration_shrinks_only_the_grid_and_epochs():
+def test_demo_configuration_shrinks_only_the_grid_and_the_audit_epochs():
     c = Config()
     demo = c.for_layout("demo")
     assert demo.grid.tile_size_m == 2_500 and demo.grid.pu_buffer_m == 1_000
-    assert demo.training.epochs == c.demo.training_epochs
+    assert demo.training.label_audit_epochs == c.demo.label_audit_epochs and c.training.label_audit_epochs is None
+    assert demo.training.epochs == c.training.epochs
     assert demo.sentinel2 == c.sentinel2 and demo.bilateral == c.bilateral
     with pytest.raises(ValueError, match="unknown layout"):
         c.for_layout("test")

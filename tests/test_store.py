@@ -412,3 +412,116 @@ def test_write_record_requires_all_outputs(backend: tuple[Store, str]) -> None:
         store.write_record(record_url, stage="s", fingerprint="fp",
                            outputs={**outputs, "extra": missing})
     assert not store.exists(record_url)
+
+
+# ---- write_bytes_if_absent -----------------------------------------------------------------
+
+
+def test_write_bytes_if_absent_creates_once_and_never_overwrites(
+    backend: tuple[Store, str],
+) -> None:
+    store, root = backend
+    url = join(root, "claims", "v0001", "CLAIM")
+    assert store.write_bytes_if_absent(url, b"first")
+    assert store.read_bytes(url) == b"first"
+    assert not store.write_bytes_if_absent(url, b"second")
+    assert store.read_bytes(url) == b"first"
+    # an object written by plain write_bytes counts as present too
+    other = join(root, "claims", "other.json")
+    store.write_bytes(other, b"plain")
+    assert not store.write_bytes_if_absent(other, b"x")
+    assert store.read_bytes(other) == b"plain"
+    # no temporary files are left behind
+    assert store.list(root) == sorted([url, other])
+
+
+def test_write_bytes_if_absent_after_delete_creates_again(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "k.bin")
+    assert store.write_bytes_if_absent(url, b"a")
+    store.delete(url)
+    assert store.write_bytes_if_absent(url, b"b")
+    assert store.read_bytes(url) == b"b"
+
+
+def test_write_bytes_if_absent_concurrent_writers_exactly_one_wins(
+    backend: tuple[Store, str],
+) -> None:
+    store, root = backend
+    rounds, writers = 5, 8
+    for r in range(rounds):
+        url = join(root, "race", f"{r}", "CLAIM")
+        barrier = threading.Barrier(writers)
+        results: dict[int, bool] = {}
+        errors: list[BaseException] = []
+
+        def write(i: int, url: str = url, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                results[i] = store.write_bytes_if_absent(url, f"writer {i}".encode() * 1000)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        winners = [i for i, won in results.items() if won]
+        assert len(results) == writers and len(winners) == 1, results
+        assert store.read_bytes(url) == f"writer {winners[0]}".encode() * 1000
+    assert len(store.list(root)) == rounds
+
+
+def test_write_bytes_if_absent_file_is_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    store = Store()
+    url = as_url(tmp_path / "d" / "card.json")
+    assert store.write_bytes_if_absent(url, b"{}\n")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["card.json"]
+    assert os.stat(tmp_path / "d" / "card.json").st_nlink == 1
+    # same permissions as a plain write (the umask applies, not a private temp-file mode)
+    store.write_bytes(as_url(tmp_path / "d" / "plain.json"), b"{}\n")
+    assert (
+        os.stat(tmp_path / "d" / "card.json").st_mode
+        == os.stat(tmp_path / "d" / "plain.json").st_mode
+    )
+    assert not store.write_bytes_if_absent(url, b"other")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["card.json", "plain.json"]
+
+
+def test_write_bytes_if_absent_file_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    store = Store()
+    url = as_url(tmp_path / "fat" / "CLAIM")
+    assert store.write_bytes_if_absent(url, b"one")
+    assert not store.write_bytes_if_absent(url, b"two")
+    assert store.read_bytes(url) == b"one"
+    assert [p.name for p in (tmp_path / "fat").iterdir()] == ["CLAIM"]
+
+
+def test_write_bytes_if_absent_sends_if_none_match(
+    s3_store: Store, s3_bucket: str
+) -> None:
+    seen: list[str | None] = []
+
+    def record(request: object, **kwargs: object) -> None:
+        value = request.headers.get("If-None-Match")  # type: ignore[attr-defined]
+        seen.append(value.decode() if isinstance(value, bytes) else value)
+
+    s3_store._s3.meta.events.register("before-send.s3.PutObject", record)
+    assert s3_store.write_bytes_if_absent(join(s3_bucket, "x"), b"x")
+    assert not s3_store.write_bytes_if_absent(join(s3_bucket, "x"), b"y")
+    assert seen == ["*", "*"]
+
+
+def test_write_bytes_if_absent_missing_bucket(s3_store: Store) -> None:
+    with pytest.raises(StoreError, match=r"bucket 'no-such-bucket-clcplus' does not exist"):
+        s3_store.write_bytes_if_absent("s3://no-such-bucket-clcplus/a/CLAIM", b"x")

@@ -26,8 +26,9 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import rasterio
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 TILE_BLOCK = 256  # GeoTIFF block size of the outputs; processing blocks are multiples of it
 _INT16 = np.iinfo(np.int16)
+T = TypeVar("T")
 
 
 class NoScenesError(RuntimeError):
@@ -166,11 +168,17 @@ def read_block(
     scenes: OpenScenes,
     bands: Sequence[str],
     masked_classes: Sequence[int],
+    pixels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The valid observations of one block: ``obs`` int16 (dates, bands, pixels) reflectance x
     10 000, ``valid`` bool (dates, pixels), ``days`` (dates,). Dates without any valid pixel in
-    the block are left out."""
-    n_pix = grid.height * grid.width
+    the block are left out. ``pixels`` (flat indices into the block) keeps only those pixels,
+    which is how sample points are extracted with this same code."""
+    n_pix = grid.height * grid.width if pixels is None else len(pixels)
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        return values.ravel() if pixels is None else values.ravel()[pixels]
+
     obs = np.zeros((len(dates), len(bands), n_pix), dtype=np.int16)
     valid = np.zeros((len(dates), n_pix), dtype=bool)
     days = np.zeros(len(dates), dtype=np.float64)
@@ -181,13 +189,13 @@ def read_block(
             scl = scenes.read(scene, SCL, grid)
             if scl is None:
                 continue
-            new = valid_observations(scl.ravel(), masked_classes) & ~taken
+            new = valid_observations(pick(scl), masked_classes) & ~taken
             if not new.any():
                 continue
             values = []
             for band in bands:
                 asset = scene.assets[band]
-                dn = scenes.read(scene, band, grid).ravel()
+                dn = pick(scenes.read(scene, band, grid))
                 if asset.nodata is not None:
                     new &= dn != asset.nodata
                 # reflectance x 10 000 = DN * scale * 10 000 + offset * 10 000 (exact for 1e-4)
@@ -199,6 +207,82 @@ def read_block(
             days[k] = date.day
             k += 1
     return obs[:k], valid[:k], days[:k]
+
+
+# --------------------------------------------------------------------------------------------
+# The scenes of a tile, and computing with them while some may fail
+
+
+@dataclass
+class TileScenes:
+    found: list[Scene]
+    usable: list[Scene]  # in the tile's UTM zone, all assets present and readable so far
+    other_crs: list[str]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def find_tile_scenes(
+    config: Config, source: SceneSource, grid: Grid, tile: ProcessingTile, pu_id: str, reference_year: int,
+) -> TileScenes:
+    """The scenes of the acquisition window meeting ``grid``; NoScenesError if there are none."""
+    s2 = config.sentinel2
+    window_start, window_end = config.time_series.window(reference_year)
+    scenes = source.search(
+        _footprint_lonlat(grid),
+        dt.datetime.combine(window_start, dt.time(), dt.timezone.utc),
+        dt.datetime.combine(window_end, dt.time(), dt.timezone.utc),
+        s2.max_cloud_cover_percent,
+    )
+    if not scenes:
+        raise NoScenesError(
+            f"tile {tile.tile_id} ({pu_id}, reference year {reference_year}): no Sentinel-2 scene in "
+            f"{source.describe()} for the window {window_start} to {window_end} (exclusive) with cloud cover "
+            f"< {s2.max_cloud_cover_percent:g} %"
+        )
+    other_crs = [s.scene_id for s in scenes if s.epsg != tile.epsg]
+    log.info("%s: %d scenes found in %s (%d in another UTM zone, not used)", tile.tile_id, len(scenes),
+             source.describe(), len(other_crs))
+    return TileScenes(found=scenes, usable=[s for s in scenes if s.epsg == tile.epsg], other_crs=other_crs)
+
+
+def compute_with_scenes(
+    config: Config, store: Store, scenes: TileScenes, tile: ProcessingTile, window_start: dt.date, what: str,
+    compute: Callable[[list[AcquisitionDate], OpenScenes], T],
+) -> tuple[T, list[AcquisitionDate], int]:
+    """Open the usable scenes and run ``compute(dates, opened)``; a scene that cannot be opened,
+    or breaks half-way, is dropped (listed in ``scenes.skipped``) and ``compute`` runs again
+    without it, so every block is made from the same scenes. Returns (result, dates, reads)."""
+    s2 = config.sentinel2
+    usable, skipped = scenes.usable, scenes.skipped
+    opened = OpenScenes([*s2.bands, SCL], s2.read_retries)
+    try:
+        with gdal_env(store.s3_settings):
+            for scene in list(usable):
+                missing = [a for a in opened.assets if a not in scene.assets]
+                if missing:
+                    skipped.append({"scene_id": scene.scene_id, "asset": ",".join(missing), "href": None,
+                                    "reason": "asset missing from the item"})
+                    usable.remove(scene)
+                    continue
+                try:
+                    opened.open(scene)
+                except SceneReadError as failure:
+                    skipped.append(failure.entry())
+                    usable.remove(scene)
+                    log.warning("%s: skipping scene %s: %s", tile.tile_id, scene.scene_id, failure)
+            while True:
+                if not usable:
+                    raise NoScenesError(f"tile {what}: all {len(scenes.found)} scenes were unusable: {skipped}")
+                dates = group_by_date(usable, window_start, tile.square_id)
+                try:
+                    return compute(dates, opened), dates, opened.reads
+                except SceneReadError as failure:
+                    skipped.append(failure.entry())
+                    usable.remove(failure.scene)
+                    opened.close_scene(failure.scene)
+                    log.warning("%s: skipping scene %s and recomputing: %s", tile.tile_id, failure.scene.scene_id, failure)
+    finally:
+        opened.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,63 +393,19 @@ def ingest_tile(
     started = time.perf_counter()
     s2, series = config.sentinel2, config.time_series
     grid = tile_grid(tile, config.grid.halo_px)
-    window_start, window_end = series.window(reference_year)
-    scenes = source.search(
-        _footprint_lonlat(grid),
-        dt.datetime.combine(window_start, dt.time(), dt.timezone.utc),
-        dt.datetime.combine(window_end, dt.time(), dt.timezone.utc),
-        s2.max_cloud_cover_percent,
-    )
-    if not scenes:
-        raise NoScenesError(
-            f"tile {tile.tile_id} ({pu_id}, reference year {reference_year}): no Sentinel-2 scene in "
-            f"{source.describe()} for the window {window_start} to {window_end} (exclusive) with cloud cover "
-            f"< {s2.max_cloud_cover_percent:g} %"
-        )
-    other_crs = [s.scene_id for s in scenes if s.epsg != tile.epsg]
-    usable = [s for s in scenes if s.epsg == tile.epsg]
-    log.info("%s: %d scenes found in %s (%d in another UTM zone, not used)", tile.tile_id, len(scenes), source.describe(), len(other_crs))
+    window_start, _ = series.window(reference_year)
+    scenes = find_tile_scenes(config, source, grid, tile, pu_id, reference_year)
 
     names = timeseries.feature_names(s2.bands, s2.indices)
     outputs = {name: feature_url(base, name) for name in names}
     outputs["valid_obs"] = valid_obs_url(base)
     step_dates = series.steps(reference_year)
     step_days = np.array([(d - window_start).days for d in step_dates], dtype=np.float64)
-    opened = OpenScenes([*s2.bands, SCL], s2.read_retries)
-    skipped: list[dict] = []
-    try:
-        with gdal_env(store.s3_settings):
-            for scene in list(usable):
-                missing = [a for a in opened.assets if a not in scene.assets]
-                if missing:
-                    skipped.append({"scene_id": scene.scene_id, "asset": ",".join(missing), "href": None, "reason": "asset missing from the item"})
-                    usable.remove(scene)
-                    continue
-                try:
-                    opened.open(scene)
-                except SceneReadError as failure:
-                    skipped.append(failure.entry())
-                    usable.remove(scene)
-                    log.warning("%s: skipping scene %s: %s", tile.tile_id, scene.scene_id, failure)
-            while True:
-                if not usable:
-                    raise NoScenesError(
-                        f"tile {tile.tile_id} ({pu_id}, reference year {reference_year}): all {len(scenes)} scenes "
-                        f"of {source.describe()} were unusable: {skipped}"
-                    )
-                dates = group_by_date(usable, window_start, tile.square_id)
-                try:
-                    stats = _compute_tile(config, grid, dates, opened, step_days, step_dates, outputs, store)
-                    break
-                except SceneReadError as failure:
-                    # A scene that breaks half-way is dropped from the whole tile, so every block
-                    # is made from the same scenes; the tile is recomputed without it.
-                    skipped.append(failure.entry())
-                    usable.remove(failure.scene)
-                    opened.close_scene(failure.scene)
-                    log.warning("%s: skipping scene %s and recomputing the tile: %s", tile.tile_id, failure.scene.scene_id, failure)
-    finally:
-        opened.close()
+    stats, dates, reads = compute_with_scenes(
+        config, store, scenes, tile, window_start, f"{tile.tile_id} ({pu_id}, reference year {reference_year})",
+        lambda dates, opened: _compute_tile(config, grid, dates, opened, step_days, step_dates, outputs, store),
+    )
+    usable, skipped, other_crs = scenes.usable, scenes.skipped, scenes.other_crs
 
     checksums = stats.pop("checksums")
     provenance = {
@@ -379,14 +419,14 @@ def ingest_tile(
         "features": names,
         "steps": params["steps"],
         "encoding": params["encoding"],
-        "scenes_found": len(scenes),
+        "scenes_found": len(scenes.found),
         "acquisition_dates": len(dates),
         "scenes_used": [s.to_dict() for s in usable],
         "scenes_skipped": skipped,
         "scenes_other_crs": other_crs,
     }
     # Timings vary from run to run: they go to the record, so the provenance is reproducible.
-    timings = {"seconds": round(time.perf_counter() - started, 2), "reads": opened.reads, **stats}
+    timings = {"seconds": round(time.perf_counter() - started, 2), "reads": reads, **stats}
     prov_url = provenance_url(base)
     store.write_json(prov_url, provenance)
     if skipped:

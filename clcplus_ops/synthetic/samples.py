@@ -128,3 +128,20 @@ def draw_samples(truth: np.ndarray, bounds: tuple[int, int, int, int], epsg: int
     ids = [f"syn{year}-{i:06d}" for i in range(len(index))]
     return Samples(ids, x.astype(np.float64), y.astype(np.float64), epsg, np.round(np.asarray(lon, np.float64), 8),
                    np.round(np.asarray(lat, np.float64), 8), label, true_label, mislabelled)
+
+
+def expert_decisions(flagged_csv: str, samples_csv: str) -> str:
+    """The review an expert with VHR imagery would return for a label audit's flagged samples,
+    from the synthetic truth: relabel a wrong label to the true class, keep a right one. Gives
+    the decisions CSV (sample_id, decision, label, comment) the training review applies."""
+    truth = {row["sample_id"]: row for row in csv.DictReader(io.StringIO(samples_csv))}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["sample_id", "decision", "label", "comment"])
+    for row in csv.DictReader(io.StringIO(flagged_csv)):
+        real = truth[row["sample_id"]]
+        if real["mislabelled"] == "true":
+            writer.writerow([row["sample_id"], "relabel", real["true_label"], "checked on VHR imagery"])
+        else:
+            writer.writerow([row["sample_id"], "keep", "", "label confirmed"])
+    return out.getvalue()

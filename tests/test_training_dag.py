@@ -1,0 +1,241 @@
+"""The training DAG under a real Airflow: dag.test() of the demo layout's training for DEMO1,
+extract ► audit ► expert review (answered by the test through Airflow's REST API, as the UI
+does) ► apply review ► evaluate ► final fit ► register; then the stages' guards and re-runs."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import threading
+import time
+
+import pytest
+
+from clcplus_ops.config import load_config
+from clcplus_ops.model import registry, stages
+from clcplus_ops.model.sample_db import import_samples, load_sample_db
+from clcplus_ops.plan import store_for
+from clcplus_ops.synthetic.samples import expert_decisions
+from conftest import REPO
+
+YEAR, PU, DAG_ID = 2025, "DEMO1", "clcplus_training_demo"
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def api(dagbag):
+    """Airflow's core REST API in-process, signed in as the reviewer "expert"."""
+    from airflow.api_fastapi.app import create_app, get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app("core"))
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="expert", role="ADMIN"))
+    client.headers["Authorization"] = f"Bearer {token}"
+    # The first request in this thread: lazy imports from the answering thread could deadlock.
+    assert client.get("/api/v2/dags/~/dagRuns/~/hitlDetails").status_code == 200
+    return client
+
+
+def test_training_dags_take_the_production_units_as_a_param(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    dag = dagbag.get_dag("clcplus_training")
+    assert [t.split(".")[-1] for t in dag.task_ids if t.startswith("pu.")] == [
+        "extract", "audit", "expert_review", "apply_review", "evaluate", "final_fit", "register"]
+    assert type(dag.get_task("pu.expert_review")).__name__ == "HITLOperator"
+    units = dag.params.get_param("production_units")
+    assert units.resolve(["PU001", "PU002"]) == ["PU001", "PU002"]
+    for bad in ([], ["NOPE"], ["PU001", "PU001"]):
+        with pytest.raises(ParamValidationError):
+            units.resolve(bad)
+    demo = dagbag.get_dag(DAG_ID).params.get_param("production_units")
+    assert demo.resolve(demo.value) == ["DEMO1", "DEMO2"]
+
+
+def _truth(world: dict) -> dict[str, dict]:
+    return {r["sample_id"]: r for r in csv.DictReader(io.StringIO(store_for(load_config()).read_text(world["samples_csv_url"])))}
+
+
+def answer_reviews(api, answer, timeout=600):
+    """A thread that answers this DAG's pending review requests: answer(detail) -> (option, params)."""
+    errors, answered = [], []
+
+    def run():
+        deadline = time.monotonic() + timeout
+        while not answered and time.monotonic() < deadline:
+            pending = api.get("/api/v2/dags/~/dagRuns/~/hitlDetails", params={
+                "dag_id_pattern": DAG_ID, "response_received": False, "state": "awaiting_input"}).json()["hitl_details"]
+            for detail in pending:
+                ti = detail["task_instance"]
+                if ti["dag_id"] != DAG_ID:
+                    continue
+                option, params = answer(detail)
+                url = (f"/api/v2/dags/{DAG_ID}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/"
+                       f"{ti['map_index']}/hitlDetails")
+                reply = api.patch(url, json={"chosen_options": [option], "params_input": params})
+                if reply.status_code != 200:
+                    errors.append(f"{url}: {reply.status_code} {reply.text}")
+                answered.append(detail)
+            time.sleep(0.5)
+        if not answered:
+            errors.append(f"no review request within {timeout} s")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors, answered
+
+
+@pytest.fixture(scope="module")
+def trained(dagbag, api, demo_world):
+    config = load_config().for_layout("demo")  # what the demo training DAG's tasks run with
+    store = store_for(config)
+    imported = import_samples(store, stages.sample_db_url(config), demo_world["samples_csv_url"],
+                              created=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert imported.added == load_config().synthetic.n_samples
+    truth = _truth(demo_world)
+
+    def answer(detail):
+        audit = store.read_json(stages.training_url(config, YEAR, PU, "audit", "audit.json"))
+        decisions = expert_decisions(store.read_text(audit["flagged_csv"]), store.read_text(demo_world["samples_csv_url"]))
+        return "Apply uploaded decisions", {"decisions_url": None, "decisions_csv": decisions}
+
+    thread, errors, answered = answer_reviews(api, answer)
+    started = time.perf_counter()
+    run = dagbag.get_dag(DAG_ID).test(run_conf={"production_units": [PU], "reference_year": YEAR})
+    seconds = time.perf_counter() - started
+    thread.join(5)
+    assert not errors, errors
+    return {"run": run, "answered": answered, "seconds": seconds, "config": config, "store": store, "truth": truth}
+
+
+def test_training_dag_runs_every_stage_with_the_expert_review(trained, figure):
+    run = trained["run"]
+    figure(f"dag.test clcplus_training_demo (DEMO1: extract, 2-round audit, review, evaluate, fit, register): "
+           f"{trained['seconds']:.1f} s")
+    assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
+    states = {ti.task_id: (ti.state, ti.rendered_map_index) for ti in run.get_task_instances()}
+    for task_id in ("extract", "audit", "expert_review", "apply_review", "evaluate", "final_fit", "register"):
+        assert states[f"pu.{task_id}"][0] == "success"
+    assert states["pu.register"][1] == PU
+    detail = trained["answered"][0]
+    audit = trained["store"].read_json(stages.training_url(trained["config"], YEAR, PU, "audit", "audit.json"))
+    assert detail["subject"] == f"Label audit {PU} {YEAR}: {audit['flagged']} of {audit['samples']} samples flagged"
+    assert audit["flagged_csv"] in detail["body"] and audit["rounds"] == 2
+
+
+def test_review_decisions_became_sample_db_revisions(trained):
+    config, store, truth = trained["config"], trained["store"], trained["truth"]
+    review = store.read_json(stages.training_url(config, YEAR, PU, "review.json"))
+    assert review["choice"] == "decisions" and review["reviewer"] == "expert"
+    assert review["decisions_url"].endswith(".csv") and store.exists(review["decisions_url"])
+    db = load_sample_db(store, stages.sample_db_url(config))
+    flagged = list(csv.DictReader(io.StringIO(store.read_text(
+        stages.training_url(config, YEAR, PU, "audit", "flagged.csv")))))
+    relabelled = [r["sample_id"] for r in flagged if truth[r["sample_id"]]["mislabelled"] == "true"]
+    assert relabelled and review["revisions"] == len(relabelled)
+    for sid in relabelled:
+        history = db.history(sid)
+        assert len(history) == 2  # the import, then the review: nothing replaced
+        assert int(history.iloc[0]["label"]) == int(truth[sid]["label"])
+        assert int(history.iloc[-1]["label"]) == int(truth[sid]["true_label"])
+        assert history.iloc[-1]["author"] == "expert"
+
+
+def test_evaluation_report_and_registered_model(trained):
+    config, store = trained["config"], trained["store"]
+    accuracy = store.read_json(stages.training_url(config, YEAR, PU, "evaluation", "accuracy.json"))
+    assert accuracy["test"] == pytest.approx(0.2 * accuracy["samples"], abs=11)
+    assert 0 <= accuracy["accuracy"]["overall_accuracy"] <= 1 and "met" in accuracy["targets"]
+    report = store.read_text(stages.training_url(config, YEAR, PU, "evaluation", "report.md"))
+    assert "Confusion matrix" in report or "confusion matrix" in report.lower()
+    png = store.read_bytes(stages.training_url(config, YEAR, PU, "evaluation", "confusion_matrix.png"))
+    assert png.startswith(b"\x89PNG")
+
+    model = registry.resolve_model(store, config.store.models, PU)
+    assert model.version == "v0001"
+    card = model.card
+    assert card["training_data"]["hash"] == accuracy["data_hash"]
+    assert card["metrics"]["overall_accuracy"] == accuracy["accuracy"]["overall_accuracy"]
+    assert card["configuration"]["training"]["label_audit_rounds"] == 2
+    assert card["software"]["torch"] and card["model"]["classes"] == list(range(1, 12))
+    from clcplus_ops.model.trainer import TrainedModel
+
+    restored = TrainedModel.from_bytes(registry.read_artefact(store, model, "model.pt"))
+    assert restored.arch.channels == 12 and restored.arch.time_steps == 54 and restored.arch.classes == 11
+
+
+def test_rerunning_stages_skips_and_never_overwrites_a_registered_version(trained):
+    config, store = trained["config"], trained["store"]
+    assert stages.extract_pu_samples(config, "demo", PU, YEAR, store=store)["tiles_skipped"] > 0
+    assert stages.evaluate_pu(config, PU, YEAR, store=store)["skipped"]
+    assert stages.final_fit_pu(config, PU, YEAR, store=store)["skipped"]
+    again = stages.register_pu_model(config, PU, YEAR, store=store)
+    assert again["already_registered"] and again["version"] == "v0001"
+    # A new final model (forced refit with another seed) becomes v0002; v0001 stays as it was.
+    first = registry.resolve_model(store, config.store.models, PU, "v0001")
+    before = registry.read_artefact(store, first, "model.pt")
+    other = config.model_copy(update={"training": config.training.model_copy(update={"seed": 7})})
+    stages.evaluate_pu(other, PU, YEAR, store=store)
+    stages.final_fit_pu(other, PU, YEAR, store=store)
+    assert stages.register_pu_model(other, PU, YEAR, store=store)["version"] == "v0002"
+    assert registry.read_artefact(store, first, "model.pt") == before
+
+
+def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(trained):
+    config, store = trained["config"], trained["store"]
+    flagged = list(csv.DictReader(io.StringIO(store.read_text(
+        stages.training_url(config, YEAR, PU, "audit", "flagged.csv")))))
+    url = stages.training_url(config, YEAR, PU, "audit", "bad-decisions.csv")
+    store.write_text(url, "sample_id,decision,label,comment\n"
+                          f"{flagged[0]['sample_id']},relabel,14,\n"
+                          "nosuchsample,keep,,\n"
+                          f"{flagged[0]['sample_id']},maybe,,\n")
+    batches = len(load_sample_db(store, stages.sample_db_url(config)).batch_ids)
+    with pytest.raises(stages.TrainingError) as error:
+        stages.apply_review(config, PU, YEAR, "decisions", decisions_url=url, store=store)
+    message = str(error.value)
+    assert "line 2: relabel needs a class code" in message
+    assert "line 3: sample 'nosuchsample' was not flagged" in message
+    assert "line 4" in message and "'maybe'" in message
+    assert len(load_sample_db(store, stages.sample_db_url(config)).batch_ids) == batches
+    with pytest.raises(stages.TrainingError, match="not one of"):
+        stages.apply_review(config, PU, YEAR, "approve", store=store)
+    with pytest.raises(stages.TrainingError, match="needs the URL"):
+        stages.apply_review(config, PU, YEAR, "decisions", store=store)
+
+
+def test_a_unit_without_samples_fails_with_a_clear_message(tmp_path):
+    from clcplus_ops.config import parse_config
+
+    root = tmp_path / "store"
+    config = parse_config({"store": {n: (root / n).as_uri() for n in ("work", "models", "samples", "products")}})
+    with pytest.raises(stages.TrainingError, match="no active sample inside the PU"):
+        stages.extract_pu_samples(config.for_layout("demo"), "demo", "DEMO2", YEAR)
+    with pytest.raises(stages.TrainingError, match="not in the demo layout"):
+        stages.extract_pu_samples(config.for_layout("demo"), "demo", "NOPE", YEAR)
+
+
+def test_holdout_is_stratified_and_keeps_polygons_on_one_side():
+    import numpy as np
+
+    y = np.repeat(np.arange(1, 6), 40)
+    groups = np.array([f"poly{i // 4}" for i in range(len(y))])  # 4 samples per polygon, one class each
+    table = stages.TrainingTable(sample_ids=np.arange(len(y)).astype(str), x=np.zeros((len(y), 1, 1), np.int16), y=y,
+                                 groups=groups, lon=np.zeros(len(y)), lat=np.zeros(len(y)), data_hash="", never_observed=[])
+    train, test = stages.holdout_split(table, 0.2, 0)
+    assert not set(groups[train]) & set(groups[test])
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(y)))
+    assert np.bincount(y[test], minlength=6)[1:].tolist() == [8] * 5
+    ungrouped = stages.TrainingTable(**{**table.__dict__, "groups": None})
+    train, test = stages.holdout_split(ungrouped, 0.2, 0)
+    assert len(test) == 40 and np.bincount(y[test], minlength=6)[1:].tolist() == [8] * 5
