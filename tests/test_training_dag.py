@@ -50,8 +50,10 @@ def test_training_dags_take_the_production_units_as_a_param(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 
     dag = dagbag.get_dag("clcplus_training")
-    assert [t.split(".")[-1] for t in dag.task_ids if t.startswith("pu.")] == [
-        "extract", "audit", "expert_review", "apply_review", "evaluate", "final_fit", "register"]
+    chain = ["extract", "audit", "expert_review", "apply_review", "evaluate", "final_fit", "register"]
+    assert sorted(t for t in dag.task_ids if t.startswith("pu.")) == sorted(f"pu.{t}" for t in chain)
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert f"pu.{downstream}" in dag.get_task(f"pu.{upstream}").downstream_task_ids
     assert type(dag.get_task("pu.expert_review")).__name__ == "HITLOperator"
     units = dag.params.get_param("production_units")
     assert units.resolve(["PU001", "PU002"]) == ["PU001", "PU002"]
