@@ -89,7 +89,7 @@ def extract_pu_samples(
     lon, lat = points.geometry.x.to_numpy(), points.geometry.y.to_numpy()
     ids = points["sample_id"].to_numpy()
     chosen = assign_tiles(tiles, lon, lat)
-    active = db.active()
+    active = db.within(_lonlat_box(tiles))  # the DB may hold a million samples: only those near the PU
     all_lon, all_lat = active.geometry.x.to_numpy(), active.geometry.y.to_numpy()
     source = source or scene_source(config, reference_year, store)
     parts, per_tile = [], []
@@ -115,6 +115,21 @@ def extract_pu_samples(
              len(parts), skipped, len(manifest["outside_tiles"]))
     return {"pu_id": pu_id, "samples": manifest["samples"], "tiles": len(parts), "tiles_skipped": skipped,
             "outside_tiles": len(manifest["outside_tiles"]), "manifest": url}
+
+
+def _lonlat_box(tiles):
+    """A lon/lat box around the tiles (padded, so that projection curvature loses nothing)."""
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    lons, lats = [], []
+    for tile in tiles:
+        xmin, ymin, xmax, ymax = tile.bounds
+        lon, lat = Transformer.from_crs(tile.epsg, 4326, always_xy=True).transform(
+            [xmin, xmin, xmax, xmax], [ymin, ymax, ymin, ymax])
+        lons += list(lon)
+        lats += list(lat)
+    return box(min(lons) - 0.05, min(lats) - 0.05, max(lons) + 0.05, max(lats) + 0.05)
 
 
 @dataclass
