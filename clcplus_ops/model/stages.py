@@ -118,18 +118,14 @@ def extract_pu_samples(
 
 
 def _lonlat_box(tiles):
-    """A lon/lat box around the tiles (padded, so that projection curvature loses nothing)."""
-    from pyproj import Transformer
+    """A lon/lat box around the tiles' outlines, padded so no point at a tile edge is lost."""
+    from shapely import union_all
     from shapely.geometry import box
 
-    lons, lats = [], []
-    for tile in tiles:
-        xmin, ymin, xmax, ymax = tile.bounds
-        lon, lat = Transformer.from_crs(tile.epsg, 4326, always_xy=True).transform(
-            [xmin, xmin, xmax, xmax], [ymin, ymax, ymin, ymax])
-        lons += list(lon)
-        lats += list(lat)
-    return box(min(lons) - 0.05, min(lats) - 0.05, max(lons) + 0.05, max(lats) + 0.05)
+    from clcplus_ops.sentinel2.ingest import footprint_lonlat
+    from clcplus_ops.sentinel2.reading import tile_grid
+
+    return box(*union_all([footprint_lonlat(tile_grid(t, 0)) for t in tiles]).buffer(0.01).bounds)
 
 
 @dataclass

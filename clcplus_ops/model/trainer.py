@@ -193,7 +193,6 @@ def fit(
     unknown = sorted(set(np.unique(y).tolist()) - set(classes))
     if unknown:
         raise ValueError(f"labels {unknown} are not among the classes {classes}")
-    index_of = {c: i for i, c in enumerate(classes)}
 
     if x_val is None and params.validation_fraction > 0:
         train_idx, val_idx = validation_split(y, params.validation_fraction, params.seed)
@@ -210,11 +209,11 @@ def fit(
     )
     normaliser = Normaliser.fit(x)
     xt = normaliser.apply(x)
-    yt = torch.from_numpy(np.vectorize(index_of.__getitem__, otypes=[np.int64])(y))
+    yt = torch.from_numpy(np.searchsorted(classes, y).astype(np.int64))  # classes are sorted and hold every label
     has_val = x_val is not None and len(x_val) > 0
     if has_val:
         xv = normaliser.apply(x_val)
-        yv = torch.from_numpy(np.vectorize(index_of.__getitem__, otypes=[np.int64])(np.asarray(y_val)))
+        yv = torch.from_numpy(np.searchsorted(classes, np.asarray(y_val)).astype(np.int64))
 
     net = TempCNN(arch)
     optimiser = torch.optim.AdamW(net.parameters(), lr=params.min_lr, weight_decay=params.weight_decay)

@@ -228,7 +228,7 @@ def find_tile_scenes(
     s2 = config.sentinel2
     window_start, window_end = config.time_series.window(reference_year)
     scenes = source.search(
-        _footprint_lonlat(grid),
+        footprint_lonlat(grid),
         dt.datetime.combine(window_start, dt.time(), dt.timezone.utc),
         dt.datetime.combine(window_end, dt.time(), dt.timezone.utc),
         s2.max_cloud_cover_percent,
@@ -304,7 +304,8 @@ def _params(config: Config, reference_year: int) -> dict:
     }
 
 
-def _footprint_lonlat(grid: Grid):
+def footprint_lonlat(grid: Grid):
+    """The grid's outline in lon/lat (densified, so it follows the projection's curvature)."""
     to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
     outline = box(*grid.bounds).segmentize(grid.width * grid.transform.a / 8)
     return shapely.transform(outline, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
