@@ -107,19 +107,41 @@ def cmd_synthetic_build(args) -> int:
     return 0
 
 
-def cmd_ingest(args) -> int:
+def _tile_stage(args, run, errors: tuple[type[Exception], ...]) -> int:
+    """Run one tile stage ``run(config, tile)`` for the tile named in ``args``; print its summary."""
     from clcplus_ops.geo.tiles import tile_from_id
-    from clcplus_ops.sentinel2.ingest import NoScenesError, ingest_tile
 
     config = _config(args).for_layout(args.layout)
     tile = tile_from_id(args.tile_id, config.grid.tile_size_m, config.grid.pixel_size_m)
     try:
-        result = ingest_tile(config, args.pu_id, args.year, tile, force=args.force)
-    except NoScenesError as error:
+        result = run(config, tile)
+    except errors as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_ingest(args) -> int:
+    from clcplus_ops.sentinel2.ingest import NoScenesError, ingest_tile
+
+    return _tile_stage(args, lambda config, tile: ingest_tile(config, args.pu_id, args.year, tile, force=args.force),
+                       (NoScenesError,))
+
+
+def cmd_classify(args) -> int:
+    from clcplus_ops.classification.classify import ClassifyError, classify_tile
+    from clcplus_ops.model.registry import ModelNotFoundError
+
+    return _tile_stage(args, lambda config, tile: classify_tile(config, args.pu_id, args.year, tile, args.model_version,
+                                                                force=args.force), (ClassifyError, ModelNotFoundError))
+
+
+def cmd_filter(args) -> int:
+    from clcplus_ops.postprocessing.filtering import FilterError, filter_tile_probabilities
+
+    return _tile_stage(args, lambda config, tile: filter_tile_probabilities(config, args.pu_id, args.year, tile,
+                                                                            force=args.force), (FilterError,))
 
 
 def cmd_samples_import(args) -> int:
@@ -216,13 +238,14 @@ def cmd_demo(args) -> int:
         print(f"error: {repo} has no dags/ folder; run from the repository root or pass --repo", file=sys.stderr)
         return 2
     if args.fresh and home.exists():
-        # Start over, except for the synthetic world: it is deterministic and takes the longest
-        # to make, so it is generated once and reused (it rebuilds itself if its inputs change).
-        synthetic = home / "store" / "synthetic"
+        # Start over, except for the synthetic world and the registered models: both are
+        # deterministic and take the longest to make, so they are made once and reused (the
+        # world rebuilds itself if its inputs change; delete store/models to retrain).
+        kept = {home / "store" / "synthetic", home / "store" / "models"}
         for path in home.iterdir():
             if path.name == "store":
                 for part in path.iterdir():
-                    if part != synthetic:
+                    if part not in kept:
                         shutil.rmtree(part) if part.is_dir() else part.unlink()
             else:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -240,27 +263,48 @@ def cmd_demo(args) -> int:
     print(f"demo: synthetic Sentinel-2 world {args.year} {'reused' if world['skipped'] else 'generated'}: "
           f"{world['items']} scenes in {world['catalog_url']}")
     units = [u["pu_id"] for u in layout_index(config.layout_path("demo"))]
+    from clcplus_ops import demo
+
+    for model in demo.ensure_models(config, args.year, units, world["samples_csv_url"]):
+        how = "trained on the synthetic samples" if model["trained"] else "registered earlier, reused"
+        print(f"demo: {model['pu_id']} model {model['version']} ({how}; hold-out overall accuracy "
+              f"{100 * model['overall_accuracy']:.1f} %)")
     for pu_id in units:
         dag_id = f"clcplus_pu_{pu_id}"
-        print(f"demo: running {dag_id} for reference year {args.year}")
+        print(f"demo: running {dag_id} for reference year {args.year}: ingest, classify, filter every tile")
         # The logical date is the day the acquisition window closed.
         result = subprocess.run([airflow, "dags", "test", dag_id, f"{args.year + 1}-04-01"], env=env)
         if result.returncode:
             print(f"demo: {dag_id} failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
+    from clcplus_ops.plan import pu_url, stage_record_url, store_for, tile_url
     from clcplus_ops.store import join
-    from clcplus_ops.plan import pu_url, store_for
 
     store = store_for(config)
-    from clcplus_ops.plan import stage_record_url, tile_url
-
+    demo_config = config.for_layout("demo")
     for pu_id in units:
-        done = store.read_json(join(pu_url(config, args.year, pu_id), "tiles_done.json"))
-        records = [store.read_record(stage_record_url(tile_url(config, args.year, pu_id, t), "ingest")) for t in done["tiles"]]
+        done = store.read_json(join(pu_url(demo_config, args.year, pu_id), "tiles_done.json"))
+        records = [store.read_record(stage_record_url(tile_url(demo_config, args.year, pu_id, t), "ingest"))
+                   for t in done["tiles"]]
         dates = [r.details["dates"] for r in records]
         skipped = sum(r.details["scenes_skipped"] for r in records)
+        engines = {store.read_record(stage_record_url(tile_url(demo_config, args.year, pu_id, t), "classify"))
+                   .details["engine"]["precision"] for t in done["tiles"]}
         print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
-              f"dates per tile, {skipped} scenes skipped) under {pu_url(config, args.year, pu_id)}")
+              f"dates per tile, {skipped} scenes skipped), classified ({'/'.join(sorted(engines))}) and filtered "
+              f"under {pu_url(demo_config, args.year, pu_id)}")
+    pixels = correct = correct_raw = 0
+    for pu_id in units:
+        acc = demo.map_accuracy(config, args.year, pu_id, world["truth_url"], store)
+        print(f"demo: {pu_id} map against the synthetic ground truth ({acc['pixels']:,} px): overall accuracy "
+              f"{100 * acc['overall_accuracy_classified']:.2f} % classified, "
+              f"{100 * acc['overall_accuracy_filtered']:.2f} % after the bilateral filter "
+              f"({100 * acc['changed_by_filter']:.2f} % of pixels changed class)")
+        pixels += acc["pixels"]
+        correct += acc["overall_accuracy_filtered"] * acc["pixels"]
+        correct_raw += acc["overall_accuracy_classified"] * acc["pixels"]
+    print(f"demo: overall accuracy of the filtered maps {100 * correct / pixels:.2f} % "
+          f"(unfiltered {100 * correct_raw / pixels:.2f} %) over {pixels:,} px")
     print(f"demo: finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -310,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--force", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
 
+    for name, func, text in (("classify", cmd_classify, "classify one tile with its PU's registered model"),
+                             ("filter", cmd_filter, "bilateral filter of one tile's class probabilities")):
+        stage = sub.add_parser(name, help=f"{text} (the {name} stage)")
+        stage.add_argument("pu_id")
+        stage.add_argument("year", type=int)
+        stage.add_argument("tile_id")
+        stage.add_argument("--layout", default="production", choices=("production", "demo"))
+        stage.add_argument("--force", action="store_true")
+        if name == "classify":
+            stage.add_argument("--model-version", help="registered version, e.g. v0002 (default: the latest)")
+        stage.set_defaults(func=func)
+
     samples = sub.add_parser("samples", help="the sample DB (points, labels, revisions)").add_subparsers(dest="action", required=True)
     simport = samples.add_parser("import", help="import sample points from CSV or GeoPackage")
     simport.add_argument("file", help="path or store URL of a .csv (sample_id,label,lon,lat | x,y,epsg) or .gpkg")
@@ -344,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")
     demo.add_argument("--repo", default=".", help="repository root holding dags/ and plugins/")
     demo.add_argument("--year", type=int, default=2025)
-    demo.add_argument("--fresh", action="store_true", help="start over (the synthetic world is kept and reused)")
+    demo.add_argument("--fresh", action="store_true", help="start over (the synthetic world and the registered models are kept and reused)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -149,6 +149,35 @@ class BilateralConfig(Section):
     sigma_color: float = Field(0.25, gt=0, le=10)
 
 
+class InferenceConfig(Section):
+    """Tile classification (ATBD 3.1.5 c): where and how the TempCNN runs, and which Airflow
+    pool / queue the classify tasks go to (e.g. a "gpu" queue of GPU Celery workers)."""
+
+    # "auto": a CUDA GPU when the worker has one, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": bf16 where the hardware computes it natively (AMX / AVX512-BF16 CPUs, recent GPUs)
+    # and it agrees with fp32 on the tile's own pixels (tolerances below); fp32 otherwise.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Pixels per forward pass; None: 1024 on the CPU (cache-sized), 65536 on a GPU.
+    batch_px: int | None = Field(None, ge=1, le=1_048_576)
+    # Tiles are read in square blocks of this many pixels: it bounds the classify task's memory.
+    block_px: int = Field(256, ge=256, le=4096)
+    cpu_threads: int | None = Field(None, ge=1, le=512)
+    # The fast path must match torch fp32 eager on this many pixels of each tile, or fall back.
+    check_px: int = Field(4096, ge=0, le=1_000_000)
+    min_top_class_agreement: float = Field(0.999, ge=0, le=1)
+    max_probability_difference: float = Field(0.01, ge=0, le=1)
+    airflow_pool: str = "default_pool"
+    airflow_queue: str | None = None  # None: Airflow's [operators] default_queue
+
+    @field_validator("block_px")
+    @classmethod
+    def _whole_blocks(cls, size: int) -> int:
+        if size % 256:
+            raise ValueError(f"block_px must be a multiple of 256 (the GeoTIFF block size), got {size}")
+        return size
+
+
 class BlendingConfig(Section):
     """Distance-weighted blending in the PU overlap (ATBD 3.1.6 b)."""
 
@@ -357,6 +386,7 @@ class Config(Section):
     sentinel2: Sentinel2Config = Sentinel2Config()
     time_series: TimeSeriesConfig = TimeSeriesConfig()
     grid: GridConfig = GridConfig()
+    inference: InferenceConfig = InferenceConfig()
     bilateral: BilateralConfig = BilateralConfig()
     blending: BlendingConfig = BlendingConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -369,6 +399,15 @@ class Config(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
 
     LAYOUTS: ClassVar[tuple[str, ...]] = ("production", "demo")
+
+    @model_validator(mode="after")
+    def _halo_covers_the_filter(self) -> Config:
+        reach = (self.bilateral.win_size - 1) // 2
+        for name, grid in (("grid", self.grid), ("demo.grid", self.demo.grid)):
+            if grid.halo_px < reach:
+                raise ValueError(f"{name}.halo_px={grid.halo_px} is smaller than the bilateral filter's reach "
+                                 f"(win_size - 1) // 2 = {reach}: filtered tiles would not match at their edges")
+        return self
 
     def layout_path(self, layout: str) -> Path:
         """Layout file of the "production" or the "demo" layout."""

@@ -33,6 +33,15 @@ def stage_record_url(tile_base_url: str, stage: str) -> str:
     return join(tile_base_url, "_records", f"{stage}.json")
 
 
+def previous_stage(store: Store, tile_base_url: str, stage: str, error: type[Exception], what: str):
+    """The record of the tile stage this one reads from; ``error`` naming what is missing and
+    where it looked if that stage has not run."""
+    record = store.read_record(stage_record_url(tile_base_url, stage))
+    if record is None:
+        raise error(f"{what}: no {stage} record at {stage_record_url(tile_base_url, stage)}; run {stage} first")
+    return record
+
+
 @dataclass(frozen=True)
 class TilePlan:
     pu_id: str
@@ -110,7 +119,7 @@ def define_tile(
 
 
 # The per-tile stages, in order; a tile is finished when each has its record.
-TILE_STAGES = ("define_tile", "ingest")
+TILE_STAGES = ("define_tile", "ingest", "classify", "filter")
 
 
 def join_tiles(config: Config, pu_id: str, reference_year: int, store: Store | None = None) -> dict:

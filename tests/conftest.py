@@ -63,6 +63,21 @@ def demo_world() -> dict:
     return record
 
 
+@pytest.fixture(scope="session")
+def demo_model(demo_world) -> dict:
+    """DEMO1's registered model, trained on the world's samples the way the demo does when the
+    registry has none (the training DAG test may register later versions)."""
+    from clcplus_ops.config import load_config
+    from clcplus_ops.demo import ensure_models
+
+    started = time.perf_counter()
+    (model,) = ensure_models(load_config(), 2025, ["DEMO1"], demo_world["samples_csv_url"])
+    if model["trained"]:
+        FIGURES.append(f"DEMO1 model trained for the session (extract, hold-out, final fit, register): "
+                       f"{time.perf_counter() - started:.1f} s, hold-out OA {100 * model['overall_accuracy']:.1f} %")
+    return model
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, skipping the test with a clear reason when it is absent."""
     path = SHARED.joinpath(*parts)

@@ -99,3 +99,15 @@ def test_demo_configuration_shrinks_only_the_grid_and_the_audit_epochs():
     assert demo.sentinel2 == c.sentinel2 and demo.bilateral == c.bilateral
     with pytest.raises(ValueError, match="unknown layout"):
         c.for_layout("test")
+
+
+def test_halo_must_cover_the_bilateral_filter_and_inference_blocks_are_whole():
+    with pytest.raises(ConfigError, match=r"grid.halo_px=0 is smaller than the bilateral filter's reach"):
+        parse_config({"grid": {"halo_px": 0}})
+    with pytest.raises(ConfigError, match=r"demo.grid.halo_px=1 is smaller"):
+        parse_config({"bilateral": {"win_size": 5}, "demo": {"grid": {"tile_size_m": 2500, "halo_px": 1}}})
+    assert parse_config({"grid": {"halo_px": 1}}).grid.halo_px == 1
+    with pytest.raises(ConfigError, match="inference.block_px"):
+        parse_config({"inference": {"block_px": 300}})
+    with pytest.raises(ConfigError, match="inference.device"):
+        parse_config({"inference": {"device": "tpu"}})

@@ -11,6 +11,7 @@ from airflow.sdk.definitions.param import ParamValidationError
 from clcplus_ops import plan
 from clcplus_ops.config import load_config
 from clcplus_ops.geo.layout import layout_index
+from clcplus_ops.model import registry
 from conftest import REPO
 
 
@@ -40,10 +41,14 @@ def test_dagbag_imports_without_errors(dagbag):
 
 def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     dag = dagbag.get_dag("clcplus_pu_PU001")
-    assert {"plan_tiles", "tile.define_tile", "tile.ingest", "join_tiles"} <= set(dag.task_ids)
-    assert dag.get_task("tile.define_tile").map_index_template == "{{ tile_id }}"
-    assert dag.get_task("tile.ingest").map_index_template == "{{ tile_id }}"
-    assert dag.get_task("tile.ingest").upstream_task_ids == {"tile.define_tile"}
+    stages = ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
+    assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles"}
+    for upstream, downstream in zip(stages, stages[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+        assert dag.get_task(downstream).map_index_template == "{{ tile_id }}"
+    assert "select_model" in dag.get_task("tile.classify").upstream_task_ids
+    assert dag.get_task("tile.classify").pool == load_config().inference.airflow_pool
+    assert "tile.filter" in dag.get_task("join_tiles").upstream_task_ids
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
 
@@ -59,6 +64,10 @@ def test_only_tiles_param_refuses_a_wrong_tile_id(dagbag):
         param.resolve(["33ZZZ_r0c0"])
     with pytest.raises(ParamValidationError, match="non-unique"):
         param.resolve([choices[0], choices[0]])
+    version = dag.params.get_param("model_version")
+    assert version.resolve("latest") == "latest" and version.resolve("v0012") == "v0012"
+    with pytest.raises(ParamValidationError, match="does not match"):
+        version.resolve("12")
 
 
 def _run(dag, conf=None):
@@ -66,11 +75,11 @@ def _run(dag, conf=None):
     return dag.test(logical_date=pendulum.datetime(2026, 4, 1, tz="UTC"), run_conf=conf)
 
 
-def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_world, figure):
+def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_world, demo_model, figure):
     dag = dagbag.get_dag("clcplus_pu_DEMO1")
     started = time.perf_counter()
     run = _run(dag)
-    figure(f"dag.test clcplus_pu_DEMO1 (define + ingest of every tile): {time.perf_counter() - started:.1f} s")
+    figure(f"dag.test clcplus_pu_DEMO1 (define, ingest, classify, filter every tile): {time.perf_counter() - started:.1f} s")
     assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
     config = load_config()
     store = plan.store_for(config)
@@ -79,20 +88,32 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     tile_ids = [t["tile_id"] for t in planned["tiles"]]
     assert planned["reference_year"] == 2025 and tile_ids
     assert store.read_json(f"{base}/tiles_done.json")["tiles"] == tile_ids
-    for task_id in ("tile.define_tile", "tile.ingest"):
+    for task_id in ("tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"):
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
         assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)
     first = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json")
     ingested = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json")
     assert ingested.details["dates"] > 50
+    classified = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/classify.json")
+    latest = registry.resolve_model(store, config.store.models, "DEMO1").version
+    assert classified.details["model"] == latest
+    assert store.exists(f"{base}/tiles/{tile_ids[0]}/probabilities_filtered.tif")
 
     # A second run finds every tile current and rewrites nothing.
     again = _run(dag)
     assert again.state == "success"
     assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json").created == first.created
     assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json").created == ingested.created
+    assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/classify.json").created == classified.created
 
     # A partial re-run of one tile plans just that tile.
     partial = _run(dag, {"only_tiles": [tile_ids[-1]]})
     assert partial.state == "success"
     assert [t["tile_id"] for t in store.read_json(f"{base}/plan.json")["tiles"]] == [tile_ids[-1]]
+
+    # A model version that is not registered fails the run before any tile is classified.
+    missing = _run(dag, {"only_tiles": [tile_ids[-1]], "model_version": "v0099"})
+    states = {ti.task_id: ti.state for ti in missing.get_task_instances()}
+    assert missing.state == "failed"
+    assert states["select_model"] == "failed" and states["tile.ingest"] == "success"
+    assert states["tile.classify"] == "upstream_failed"

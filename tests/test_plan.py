@@ -57,7 +57,7 @@ def test_plan_and_define_tile_on_s3(config, s3_server, s3_bucket):
         assert plan.define_tile(demo, "DEMO2", 2021, tile)["skipped"] is False
     assert plan.define_tile(demo, "DEMO2", 2021, result.tiles[0])["skipped"] is True
     # Defined but not ingested: the join names the missing stage (test_ingest covers ingest on S3).
-    with pytest.raises(RuntimeError, match=r"stages missing per tile: \{'33TUL_r21c37': \['ingest'\]"):
+    with pytest.raises(RuntimeError, match=r"stages missing per tile: \{'33TUL_r21c37': \['ingest', 'classify', 'filter'\]"):
         plan.join_tiles(s3_config, "DEMO2", 2021)
     store = plan.store_for(s3_config)
     assert store.read_json(plan.pu_url(s3_config, 2021, "DEMO2") + "/plan.json")["pu_id"] == "DEMO2"

@@ -103,7 +103,9 @@ def trained(dagbag, api, demo_world):
     store = store_for(config)
     imported = import_samples(store, stages.sample_db_url(config), demo_world["samples_csv_url"],
                               created=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-    assert imported.added == load_config().synthetic.n_samples
+    # Other tests (the PU DAG's model) may have imported them and registered a model first.
+    assert imported.added + imported.unchanged == load_config().synthetic.n_samples
+    versions_before = registry.list_versions(store, config.store.models, PU)
     truth = _truth(demo_world)
 
     def answer(detail):
@@ -117,7 +119,10 @@ def trained(dagbag, api, demo_world):
     seconds = time.perf_counter() - started
     thread.join(5)
     assert not errors, errors
-    return {"run": run, "answered": answered, "seconds": seconds, "config": config, "store": store, "truth": truth}
+    version = registry.resolve_model(store, config.store.models, PU).version
+    assert version not in versions_before
+    return {"run": run, "answered": answered, "seconds": seconds, "config": config, "store": store, "truth": truth,
+            "version": version}
 
 
 def test_training_dag_runs_every_stage_with_the_expert_review(trained, figure):
@@ -164,7 +169,7 @@ def test_evaluation_report_and_registered_model(trained):
     assert png.startswith(b"\x89PNG")
 
     model = registry.resolve_model(store, config.store.models, PU)
-    assert model.version == "v0001"
+    assert model.version == trained["version"]
     card = model.card
     assert card["training_data"]["hash"] == accuracy["data_hash"]
     assert card["metrics"]["overall_accuracy"] == accuracy["accuracy"]["overall_accuracy"]
@@ -182,14 +187,15 @@ def test_rerunning_stages_skips_and_never_overwrites_a_registered_version(traine
     assert stages.evaluate_pu(config, PU, YEAR, store=store)["skipped"]
     assert stages.final_fit_pu(config, PU, YEAR, store=store)["skipped"]
     again = stages.register_pu_model(config, PU, YEAR, store=store)
-    assert again["already_registered"] and again["version"] == "v0001"
-    # A new final model (forced refit with another seed) becomes v0002; v0001 stays as it was.
-    first = registry.resolve_model(store, config.store.models, PU, "v0001")
+    assert again["already_registered"] and again["version"] == trained["version"]
+    # A new final model (forced refit with another seed) gets the next version; the DAG's stays as it was.
+    first = registry.resolve_model(store, config.store.models, PU, trained["version"])
     before = registry.read_artefact(store, first, "model.pt")
     other = config.model_copy(update={"training": config.training.model_copy(update={"seed": 7})})
     stages.evaluate_pu(other, PU, YEAR, store=store)
     stages.final_fit_pu(other, PU, YEAR, store=store)
-    assert stages.register_pu_model(other, PU, YEAR, store=store)["version"] == "v0002"
+    following = f"v{int(trained['version'][1:]) + 1:04d}"
+    assert stages.register_pu_model(other, PU, YEAR, store=store)["version"] == following
     assert registry.read_artefact(store, first, "model.pt") == before
 
 

@@ -1,0 +1,1 @@
+"""Post-processing of the per-tile class probabilities (ATBD 3.1.6)."""

@@ -1,0 +1,247 @@
+"""Inference figures of issue 5, measured in one run on this machine:
+
+1. Rate of the fast inference paths against torch fp32 eager (``inference_mode``, the named
+   baseline) on the same trained model (DEMO1's, trained on the synthetic world's samples) and
+   the same input (the real time series of DEMO1's tiles): pixels/s, the ratio, GFLOP/s
+   counted from TempCNN's FLOPs per pixel, and that rate as a share of the fp32 FLOP rate of a
+   large matrix product measured in the same run. Each path's agreement with the baseline on
+   every pixel (same top class, largest probability difference).
+2. The CUDA path's Mpx/s when torch sees a GPU.
+3. Peak memory of a classify task (the stage, in its own process) at two tile sizes, the larger
+   a 25 km tile of 2500 x 2500 px plus halo. The time series of those tiles are the demo tiles'
+   real ones repeated to the size (a synthetic world of 25 km would take hours to build here);
+   the classify stage reads them as it reads any ingested tile.
+
+    .venv/bin/python scripts/bench_inference.py [--home /tmp/clcplus-bench/inference] [--sizes 1000 2500]
+
+Run it on an otherwise idle machine: torch's rate collapses when other processes share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from clcplus_ops import demo
+from clcplus_ops.classification import inference
+from clcplus_ops.classification.classify import TimeSeriesReader, load_model
+from clcplus_ops.config import load_config
+from clcplus_ops.embedded import write_embedded_config
+from clcplus_ops.plan import plan_tiles, stage_record_url, store_for, tile_url
+from clcplus_ops.sentinel2.ingest import feature_url, ingest_tile, provenance_url, valid_obs_url
+from clcplus_ops.synthetic import build_world
+
+YEAR, PU = 2025, "DEMO1"
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: allocator, oneDNN kernel selection
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_gflops(n: int = 4096) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_of(lambda: a @ b, 5) / 1e9
+
+
+def eager_rate(model, x: np.ndarray, batch: int) -> float:
+    net = model.module()
+
+    def run():
+        with torch.inference_mode():
+            for start in range(0, len(x), batch):
+                torch.softmax(net(model.normaliser.apply(x[start:start + batch])), dim=1)
+
+    return len(x) / best_of(run)
+
+
+def prepare(home: Path, tiles: int):
+    config_path = write_embedded_config(home, home / "config.yaml")
+    config = load_config(config_path)
+    world = build_world(config, YEAR)
+    (chosen,) = demo.ensure_models(config, YEAR, [PU], world["samples_csv_url"])
+    dconfig = config.for_layout("demo")
+    store = store_for(dconfig)
+    _, model = load_model(dconfig, PU, YEAR, chosen["version"], store)
+    xs, bases = [], []
+    for tile in plan_tiles(config, "demo", PU, YEAR).tiles[:tiles]:
+        ingest_tile(dconfig, PU, YEAR, tile, store=store)
+        base = tile_url(dconfig, YEAR, PU, tile.tile_id)
+        provenance = store.read_json(provenance_url(base))
+        reader = TimeSeriesReader(base, provenance["features"])
+        size = provenance["grid"]["height"]
+        x, _ = reader.read(Window(0, 0, size, size))
+        reader.close()
+        xs.append(np.ascontiguousarray(x))
+        bases.append(base)
+    print(f"model {PU} {chosen['version']} ({'trained now' if chosen['trained'] else 'registered earlier'}; hold-out "
+          f"OA {100 * chosen['overall_accuracy']:.1f} %); input: {sum(map(len, xs)):,} px of {len(xs)} ingested tiles")
+    return config_path, dconfig, model, chosen["version"], np.concatenate(xs), bases[0]
+
+
+def rates(model, x: np.ndarray) -> None:
+    print("\n== 1. Inference rate and agreement (CPU, torch threads: %d) ==" % torch.get_num_threads())
+    # The engines keep freed activations in the heap (inference.reuse_freed_memory); the eager
+    # baseline gets the same, or page faults would slow it and flatter the ratio.
+    inference.reuse_freed_memory()
+    flops = model.arch.flops_per_sample()
+    peak = matmul_gflops()
+    print(f"fp32 matrix product 4096 x 4096: {peak:.0f} GFLOP/s; TempCNN: {flops / 1e6:.2f} MFLOP per pixel")
+    eager = {batch: eager_rate(model, x, batch) for batch in (256, 512, 1024, 4096)}
+    base_batch = max(eager, key=eager.get)
+    baseline = eager[base_batch]
+    print("torch fp32 eager (inference_mode), px/s by batch: " + ", ".join(f"{b}: {r:,.0f}" for b, r in eager.items()))
+    print(f"baseline = best eager batch ({base_batch}): {baseline:,.0f} px/s, {baseline * flops / 1e9:.0f} GFLOP/s")
+    reference = model.predict_proba(x)
+    precisions = ["fp32"] + (["bf16"] if inference.native_bf16("cpu") else [])
+    if len(precisions) == 1:
+        print("this CPU has no native bf16 (AMX / AVX512-BF16): only the folded fp32 path runs here")
+    print(f"{'path':14s} {'batch':>6s} {'px/s':>10s} {'x eager':>8s} {'GFLOP/s':>8s} {'% of matmul':>12s} "
+          f"{'top class':>10s} {'max |dp|':>9s}")
+    for precision in precisions:
+        best = None
+        for batch in (512, 1024, 2048):
+            engine = inference.create_engine(model, "cpu", precision, batch)
+            rate = len(x) / best_of(lambda: engine.predict_proba(x))
+            if best is None or rate > best[1]:
+                best = (batch, rate, engine)
+        batch, rate, engine = best
+        agreement = inference.compare(reference, engine.predict_proba(x))
+        gflops = rate * flops / 1e9
+        print(f"{'folded ' + precision:14s} {batch:6d} {rate:10,.0f} {rate / baseline:8.2f} {gflops:8.0f} "
+              f"{100 * gflops / peak:11.0f} % {100 * agreement.top_class_agreement:9.3f} % "
+              f"{agreement.max_probability_difference:9.2e}")
+    print("targets: >= 2.5 x eager; >= 70 % of the matmul rate; top class >= 99.9 %, max |dp| <= 0.01")
+
+
+def cuda_rates(model, x: np.ndarray) -> None:
+    print("\n== 2. CUDA ==")
+    if not inference.cuda_available():
+        print("torch sees no CUDA GPU on this machine: not measured")
+        return
+    print(f"GPU: {torch.cuda.get_device_name()}")
+    reference = model.predict_proba(x)
+    for precision in ("fp32", "bf16"):
+        engine = inference.create_engine(model, "cuda", precision)
+        seconds = best_of(lambda: (engine.predict_proba(x), torch.cuda.synchronize()))
+        agreement = inference.compare(reference, engine.predict_proba(x))
+        print(f"cuda {precision}: {len(x) / seconds / 1e6:.2f} Mpx/s (batch {engine.batch_px}, incl. host-device "
+              f"copies); top class {100 * agreement.top_class_agreement:.3f} %, max |dp| "
+              f"{agreement.max_probability_difference:.2e}")
+
+
+def large_tile_config(config, size: int):
+    """The configuration of a grid of ``size`` px tiles (size x 10 m must divide 100 km), with
+    its own work root (tile ids of different grids can coincide)."""
+    grid = config.grid.model_copy(update={"tile_size_m": size * config.grid.pixel_size_m})
+    store = config.store.model_copy(update={"work": f"{config.store.work}-tiles-{size}px"})
+    return config.model_copy(update={"grid": grid, "store": store})
+
+
+def write_large_tile(config, source_base: str, store):
+    """Tile r0c0 of 33TUL in ``config``'s grid, whose time series repeat the source tile's,
+    written as ingest writes them, with a record naming where they come from."""
+    from clcplus_ops.geo.tiles import tile_from_id, tile_id
+    from clcplus_ops.sentinel2.ingest import _feature_profile
+    from clcplus_ops.sentinel2.reading import tile_grid
+    from clcplus_ops.sentinel2.timeseries import NODATA
+
+    tile = tile_from_id(tile_id("33TUL", 0, 0, config.grid.tile_size_m), config.grid.tile_size_m)
+    grid = tile_grid(tile, config.grid.halo_px)
+    base = tile_url(config, YEAR, PU, tile.tile_id)
+    record_url = stage_record_url(base, "ingest")
+    if store.exists(record_url):
+        return tile
+    provenance = store.read_json(provenance_url(source_base))
+    outputs = {name: feature_url(base, name) for name in provenance["features"]}
+    outputs["valid_obs"] = valid_obs_url(base)
+    sources = {**{name: feature_url(source_base, name) for name in provenance["features"]},
+               "valid_obs": valid_obs_url(source_base)}
+    for name, url in outputs.items():
+        with rasterio.open(sources[name].removeprefix("file://")) as src:
+            data = src.read()
+            descriptions = src.descriptions
+        rows, cols = data.shape[1:]
+        profile = _feature_profile(grid, data.shape[0], str(data.dtype), None if name == "valid_obs" else NODATA)
+        with store.local_write(url) as path, rasterio.open(path, "w", **profile) as out:
+            out.descriptions = descriptions
+            for row, col, block in grid.blocks(256):
+                r = (row + np.arange(block.height)) % rows
+                c = (col + np.arange(block.width)) % cols
+                out.write(data[:, r[:, None], c[None, :]], window=Window(col, row, block.width, block.height))
+    store.write_json(provenance_url(base), {**provenance, "tile": tile.to_dict(),
+                                            "grid": {**provenance["grid"], "height": grid.height, "width": grid.width}})
+    store.write_record(record_url, stage="ingest", fingerprint=f"bench: repeats {source_base}",
+                       outputs=outputs, details={"bench": "time series repeated from a demo tile"})
+    return tile
+
+
+def classify_child(config_path: str, size: int, version: str) -> None:
+    """Runs in its own process: classify the large tile, print seconds and peak memory."""
+    from clcplus_ops.classification.classify import classify_tile
+    from clcplus_ops.geo.tiles import tile_from_id, tile_id
+
+    config = large_tile_config(load_config(config_path).for_layout("demo"), size)
+    tile = tile_from_id(tile_id("33TUL", 0, 0, config.grid.tile_size_m), config.grid.tile_size_m)
+    started = time.perf_counter()
+    result = classify_tile(config, PU, YEAR, tile, version, force=True)
+    seconds = time.perf_counter() - started
+    # VmHWM: this process's peak resident memory since exec (ru_maxrss would include the parent's).
+    status = Path("/proc/self/status").read_text()
+    peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, **result}))
+
+
+def memory(config_path: Path, config, source_base: str, sizes: list[int], version: str) -> None:
+    print("\n== 3. Peak memory of a classify task (own process, VmHWM) ==")
+    store = store_for(config)
+    for size in sizes:
+        large = large_tile_config(config, size)
+        started = time.perf_counter()
+        tile = write_large_tile(large, source_base, store)
+        written = time.perf_counter() - started
+        out = subprocess.run([sys.executable, __file__, "--classify-child", str(size), "--home", str(config_path.parent),
+                              "--version", version], check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        px = (size + 2 * config.grid.halo_px) ** 2
+        record = store.read_record(stage_record_url(tile_url(large, YEAR, PU, tile.tile_id), "classify"))
+        print(f"tile {size} x {size} px (+ halo: {px:,} px; input written in {written:.0f} s): peak "
+              f"{result['peak_mb']:,.0f} MB, {result['seconds']:.0f} s ({px / result['seconds']:,.0f} px/s overall; "
+              f"read {record.details['read_s']:.0f} s, classify {record.details['compute_s']:.0f} s, write "
+              f"{record.details['write_s']:.0f} s; {record.details['engine']['precision']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", default="/tmp/clcplus-bench/inference")
+    parser.add_argument("--tiles", type=int, default=4, help="demo tiles whose pixels form the input")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2500], help="tile sizes (px) for the memory figure")
+    parser.add_argument("--classify-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    home = Path(args.home)
+    if args.classify_child:
+        classify_child(str(home / "config.yaml"), args.classify_child, args.version)
+        return
+    config_path, config, model, version, x, source_base = prepare(home, args.tiles)
+    rates(model, x)
+    cuda_rates(model, x)
+    memory(config_path, config, source_base, args.sizes, version)
+
+
+if __name__ == "__main__":
+    main()
