@@ -28,7 +28,7 @@ from clcplus_ops.store import Store, fingerprint
 log = logging.getLogger(__name__)
 
 STAGE = "filter"
-STRIP_ROWS = 512  # output rows filtered at a time
+STRIP_ROWS = 512  # output rows filtered at a time (the result does not depend on it)
 
 
 class FilterError(RuntimeError):
@@ -56,7 +56,7 @@ def filter_tile_probabilities(
                                 f"tile {tile.tile_id} ({pu_id} {reference_year}) has no probabilities")
     params = BilateralParams.from_config(config.bilateral)
     key = fingerprint(stage=STAGE, inputs={"tile": tile.to_dict(), "probabilities": classified.checksums},
-                      params={"bilateral": params.to_dict(), "strip_rows": STRIP_ROWS}, version=clcplus_ops.__version__)
+                      params={"bilateral": params.to_dict()}, version=clcplus_ops.__version__)
     record_url = stage_record_url(base, STAGE)
     in_url, out_url = probs_io.probabilities_url(base), probs_io.filtered_url(base)
     if not force and store.is_current(record_url, key):
