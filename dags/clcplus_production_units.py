@@ -51,6 +51,10 @@ def _tile_task(layout: str, tile: dict):
 
 def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], tile_km: float) -> DAG:
     pu_id = unit["pu_id"]
+    # Classification may go to GPU workers: pool and queue come from the configuration.
+    placement = {"pool": config.inference.airflow_pool}
+    if config.inference.airflow_queue:
+        placement["queue"] = config.inference.airflow_queue
 
     with DAG(
         dag_id=f"clcplus_pu_{pu_id}",
@@ -122,11 +126,6 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
                     return ingest_tile(config, pu_id, year, grid_tile, force=force)
                 except NoScenesError as error:  # no retry brings scenes into the archive
                     raise AirflowFailException(str(error)) from error
-
-            # Classification may go to GPU workers: pool and queue come from the configuration.
-            placement = {"pool": config.inference.airflow_pool}
-            if config.inference.airflow_queue:
-                placement["queue"] = config.inference.airflow_queue
 
             @task(map_index_template="{{ tile_id }}", **placement)
             def classify(tile: dict, model: dict) -> dict:

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 import clcplus_ops
 from clcplus_ops.classification import probabilities as probs_io
-from clcplus_ops.classification.inference import InferenceEngine, check_agreement, create_engine
+from clcplus_ops.classification.inference import Agreement, InferenceEngine, check_agreement, create_engine
 from clcplus_ops.config import Config
 from clcplus_ops.geo.tiles import ProcessingTile
 from clcplus_ops.model import registry
@@ -51,25 +51,27 @@ class ClassifyError(RuntimeError):
 # The model
 
 
+def _selection(model: registry.RegisteredModel) -> dict:
+    """What a run records of the model it classifies with (small enough for XCom)."""
+    return {"pu_id": model.pu_id, "version": model.version, "url": model.url,
+            "model_sha256": model.card["artefacts"]["model.pt"]["sha256"],
+            "hold_out_overall_accuracy": model.card.get("metrics", {}).get("overall_accuracy")}
+
+
 def select_model(config: Config, pu_id: str, version: str | None = None, store: Store | None = None) -> dict:
     """The registered model a PU run classifies with (latest unless ``version``), as a small
     dict for XCom; ModelNotFoundError names the PU and the folder it looked in."""
     store = store or store_for(config)
-    model = registry.resolve_model(store, config.store.models, pu_id, version or None)
-    metrics = model.card.get("metrics", {})
-    selected = {"pu_id": pu_id, "version": model.version, "url": model.url,
-                "model_sha256": model.card["artefacts"]["model.pt"]["sha256"],
-                "hold_out_overall_accuracy": metrics.get("overall_accuracy")}
-    log.info("%s: classifying with model %s (%s, hold-out OA %s)", pu_id, model.version, model.url,
+    selected = _selection(registry.resolve_model(store, config.store.models, pu_id, version or None))
+    log.info("%s: classifying with model %s (%s, hold-out OA %s)", pu_id, selected["version"], selected["url"],
              selected["hold_out_overall_accuracy"])
     return selected
 
 
-def load_model(config: Config, pu_id: str, reference_year: int, version: str | None, store: Store
-               ) -> tuple[registry.RegisteredModel, TrainedModel]:
-    """The registered model and its weights (checked against the card), refused if its inputs
-    are not the features this configuration ingests."""
-    registered = registry.resolve_model(store, config.store.models, pu_id, version or None)
+def model_weights(config: Config, registered: registry.RegisteredModel, reference_year: int, store: Store
+                  ) -> TrainedModel:
+    """The model's weights (checked against its card), refused if its inputs are not the
+    features this configuration ingests."""
     model = TrainedModel.from_bytes(registry.read_artefact(store, registered, "model.pt"))
     s2 = config.sentinel2
     expected = {"features": timeseries.feature_names(s2.bands, s2.indices),
@@ -82,9 +84,16 @@ def load_model(config: Config, pu_id: str, reference_year: int, version: str | N
     if sorted(model.classes) != sorted(config.codes.classes):
         problems.append(f"classes {model.classes}")
     if problems:
-        raise ClassifyError(f"model {pu_id}/{registered.version} ({registered.url}) does not fit this "
+        raise ClassifyError(f"model {registered.pu_id}/{registered.version} ({registered.url}) does not fit this "
                             f"configuration's time series: {'; '.join(problems)}")
-    return registered, model
+    return model
+
+
+def load_model(config: Config, pu_id: str, reference_year: int, version: str | None, store: Store
+               ) -> tuple[registry.RegisteredModel, TrainedModel]:
+    """The registered model ``version`` (None: the latest) of ``pu_id`` and its weights."""
+    registered = registry.resolve_model(store, config.store.models, pu_id, version or None)
+    return registered, model_weights(config, registered, reference_year, store)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,16 +128,6 @@ class TimeSeriesReader:
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _check_sample(reader: TimeSeriesReader, grid, block_px: int, size: int) -> np.ndarray:
-    """Up to ``size`` valid pixels spread over the tile's first blocks: the pixels bf16 is checked on."""
-    for row, col, block in grid.blocks(block_px):
-        x, _ = reader.read(Window(col, row, block.width, block.height))
-        if len(x):
-            pick = np.unique(np.linspace(0, len(x) - 1, min(size, len(x))).astype(np.int64))
-            return np.ascontiguousarray(x[pick])
-    return np.zeros((0, len(reader.features), reader.steps), np.int16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +166,8 @@ def classify_tile(
     base = tile_url(config, reference_year, pu_id, tile.tile_id)
     ingest_record = previous_stage(store, base, "ingest", ClassifyError,
                                    f"tile {tile.tile_id} ({pu_id} {reference_year}) has no time series")
-    selected = select_model(config, pu_id, model_version, store)
+    registered = registry.resolve_model(store, config.store.models, pu_id, model_version or None)
+    selected = _selection(registered)
     key = _stage_key(config, tile, ingest_record, selected)
     record_url = stage_record_url(base, STAGE)
     out_url = probs_io.probabilities_url(base)
@@ -176,9 +176,7 @@ def classify_tile(
         return {"tile_id": tile.tile_id, "skipped": True, "record": record_url, "model": selected["version"]}
 
     started = time.perf_counter()
-    registered, model = load_model(config, pu_id, reference_year, selected["version"], store)
-    if registered.card["artefacts"]["model.pt"]["sha256"] != selected["model_sha256"]:
-        raise ClassifyError(f"model {pu_id}/{selected['version']} changed while the tile was being classified")
+    model = model_weights(config, registered, reference_year, store)
     provenance = store.read_json(provenance_url(base))
     grid = tile_grid(tile, provenance["grid"]["halo_px"])
     if [provenance["grid"][k] for k in ("height", "width")] != [grid.height, grid.width]:
@@ -191,12 +189,7 @@ def classify_tile(
     with gdal_env(store.s3_settings), store.local_write(out_url) as path:
         reader = TimeSeriesReader(base, provenance["features"])
         try:
-            engine, agreement = check_agreement(engine, _check_sample(reader, grid, inference.block_px, inference.check_px),
-                                                inference.min_top_class_agreement, inference.max_probability_difference)
-            log.info("%s: %s inference (%s), agreement with fp32 eager on %d pixels: top class %.4f %%, "
-                     "max |dp| %.2e", tile.tile_id, engine.precision, engine.device, agreement.pixels,
-                     100 * agreement.top_class_agreement, agreement.max_probability_difference)
-            _classify_blocks(reader, engine, grid, inference.block_px, path, model, config, selected, stats, tile)
+            engine, agreement = _classify_blocks(reader, engine, grid, path, model, config, selected, stats, tile)
         finally:
             reader.close()
         checksum = store.sha256(path.as_uri())
@@ -213,10 +206,15 @@ def classify_tile(
             "engine": f"{engine.device}/{engine.precision}", "valid_pixels": stats["valid_pixels"]}
 
 
-def _classify_blocks(reader: TimeSeriesReader, engine: InferenceEngine, grid, block_px: int, path, model: TrainedModel,
-                     config: Config, selected: dict, stats: dict, tile: ProcessingTile) -> None:
-    windows = [Window(col, row, block.width, block.height) for row, col, block in grid.blocks(block_px)]
+def _classify_blocks(reader: TimeSeriesReader, engine: InferenceEngine, grid, path, model: TrainedModel,
+                     config: Config, selected: dict, stats: dict, tile: ProcessingTile) -> tuple[InferenceEngine, Agreement]:
+    """Classify the tile block by block into ``path``. The engine is checked against fp32 eager
+    on the first block with valid pixels, before that block is classified; returns the engine
+    that ran and its agreement."""
+    inference = config.inference
+    windows = [Window(col, row, block.width, block.height) for row, col, block in grid.blocks(inference.block_px)]
     n_classes = len(model.classes)
+    agreement = None
     with rasterio.open(path, "w", **probs_io.profile(grid, n_classes)) as writer:
         probs_io.describe(writer, model.classes, config.codes.classes, model=f"{selected['pu_id']}/{selected['version']}",
                           model_sha256=selected["model_sha256"])
@@ -224,6 +222,14 @@ def _classify_blocks(reader: TimeSeriesReader, engine: InferenceEngine, grid, bl
             t0 = time.perf_counter()
             x, valid = reader.read(window)
             t1 = time.perf_counter()
+            if agreement is None and len(x):
+                pick = np.unique(np.linspace(0, len(x) - 1, min(inference.check_px, len(x))).astype(np.int64))
+                engine, agreement = check_agreement(engine, np.ascontiguousarray(x[pick]),
+                                                    inference.min_top_class_agreement, inference.max_probability_difference)
+                log.info("%s: %s inference (%s), agreement with fp32 eager on %d pixels: top class %.4f %%, "
+                         "max |dp| %.2e", tile.tile_id, engine.precision, engine.device, agreement.pixels,
+                         100 * agreement.top_class_agreement, agreement.max_probability_difference)
+                t1 = time.perf_counter()
             dense = np.zeros((n_classes, valid.size), np.float32)
             dense[:, valid.ravel()] = engine.predict_proba(x).T
             t2 = time.perf_counter()
@@ -237,3 +243,4 @@ def _classify_blocks(reader: TimeSeriesReader, engine: InferenceEngine, grid, bl
                       tile.tile_id, i, len(windows), len(x), t1 - t0, t2 - t1, t3 - t2)
             if i % 16 == 0 or i == len(windows):
                 log.info("%s: %d/%d blocks classified", tile.tile_id, i, len(windows))
+    return engine, agreement or Agreement(0, 1.0, 0.0)  # a tile without a valid pixel checks nothing
