@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from clcplus_ops.config import ConfigError, load_config
@@ -78,154 +79,221 @@ def cmd_layout_report(args) -> int:
 def cmd_tiles(args) -> int:
     from clcplus_ops.geo.layout import load_layout
     from clcplus_ops.geo.tiles import tiles_for_pu
+    from clcplus_ops.locations import check_pu
 
     config = _config(args)
+    check_pu(config, args.layout, args.pu_id)
     units = load_layout(config.layout_path(args.layout))
-    if args.pu_id not in units:
-        print(f"error: no production unit {args.pu_id!r} in the {args.layout} layout", file=sys.stderr)
-        return 2
     grid = config.for_layout(args.layout).grid
     for tile in tiles_for_pu(units[args.pu_id], grid.tile_size_m, grid.pu_buffer_m, grid.pixel_size_m):
         print(tile.tile_id, tile.crs, *tile.bounds)
     return 0
 
 
-def cmd_plan(args) -> int:
-    from clcplus_ops.plan import plan_tiles
+# --------------------------------------------------------------------------------------------
+# Stages: every one runs through the runner (clcplus_ops.runner.run_stage)
 
-    plan = plan_tiles(_config(args), args.layout, args.pu_id, args.year, args.only_tiles)
-    print(f"{len(plan.tiles)} tiles planned: {plan.plan_url}")
+
+def _pipeline():
+    from clcplus_ops import pipeline
+
+    return pipeline
+
+
+def _run(args, stage, target, options: dict | None = None) -> dict:
+    """Run ``stage`` for ``target`` through the runner with ``--force``; its summary."""
+    from clcplus_ops.runner import run_stage
+
+    return run_stage(stage, _config(args), target, force=getattr(args, "force", False), options=options or {})
+
+
+def _target(args, tile_id: str | None = None):
+    from clcplus_ops.stage import Target
+
+    return Target(args.layout, args.year, args.pu_id, tile_id)
+
+
+def _print_summary(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_plan(args) -> int:
+    summary = _run(args, _pipeline().STAGES["plan_tiles"], _target(args), {"only_tiles": args.only_tiles or []})
+    print(f"{summary['tiles']} tiles planned: {summary['outputs']['plan']}" + (" (current, kept)" if summary["skipped"] else ""))
     return 0
 
 
 def cmd_synthetic_build(args) -> int:
+    from clcplus_ops.locations import check_year
     from clcplus_ops.synthetic import build_world
 
-    record = build_world(_config(args), args.year, force=args.force)
+    config = _config(args)
+    record = build_world(config, check_year(config, args.year), force=args.force)
     state = "was current (kept)" if record["skipped"] else "built"
     print(f"synthetic world {args.year} {state}: {record['items']} STAC items, catalogue {record['catalog_url']}")
     return 0
 
 
-def _tile_stage(args, run, errors: tuple[type[Exception], ...]) -> int:
-    """Run one tile stage ``run(config, tile)`` for the tile named in ``args``; print its summary."""
-    from clcplus_ops.geo.tiles import tile_from_id
+def _tile_command(name: str):
+    """``clcplus ingest|classify|filter PU YEAR TILE``: the tile stage ``name``."""
 
-    config = _config(args).for_layout(args.layout)
-    tile = tile_from_id(args.tile_id, config.grid.tile_size_m, config.grid.pixel_size_m)
+    def command(args) -> int:
+        from clcplus_ops.runner import run_stage
+
+        stages, target, options = _pipeline().STAGES, _target(args, args.tile_id), {}
+        if getattr(args, "model_version", None):
+            options["model_version"] = _model_version(args.model_version)
+        if name == "ingest":  # the tile's definition first (skipped when current), as the DAG runs it
+            run_stage(stages["define_tile"], _config(args), target)
+        _print_summary(_run(args, stages[name], target, options))
+        return 0
+
+    command.__name__ = f"cmd_{name}"
+    return command
+
+
+cmd_ingest = _tile_command("ingest")
+cmd_classify = _tile_command("classify")
+cmd_filter = _tile_command("filter")
+
+
+def _model_version(version: str) -> str:
+    from clcplus_ops.locations import check_version
+
+    return version if version == "latest" else check_version(version)
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    """``key=value``; the value is read as JSON where it is JSON (numbers, lists, true, null)."""
+    from clcplus_ops.errors import ClcplusError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ClcplusError(f"--option {text!r} is not key=value")
     try:
-        result = run(config, tile)
-    except errors as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def cmd_run(args) -> int:
+    """Any declared stage for one target (iota2-style: every step re-runnable by hand)."""
+    from clcplus_ops.errors import ClcplusError
+
+    stages = _pipeline().STAGES
+    if args.stage not in stages:
+        raise ClcplusError(f"no stage {args.stage!r}; the declared stages are {', '.join(stages)}")
+    stage = stages[args.stage]
+    options = dict(_parse_option(text) for text in args.option or [])
+    unknown = sorted(set(options) - set(stage.options))
+    if unknown:
+        accepted = ", ".join(stage.options) or "none"
+        raise ClcplusError(f"stage {stage.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
+    if "model_version" in options and options["model_version"] is not None:
+        options["model_version"] = _model_version(str(options["model_version"]))
+    if stage.scope in ("tile", "sample_tile") and not args.tile_id:
+        raise ClcplusError(f"stage {stage.name} runs for a tile: give PU YEAR TILE")
+    if stage.scope in ("pu", "training") and args.tile_id:
+        raise ClcplusError(f"stage {stage.name} runs for a production unit, not a tile: give PU YEAR")
+    pu_id = None if stage.scope == "sample_tile" else args.pu_id  # a tile's samples belong to no PU
+    from clcplus_ops.stage import Target
+
+    _print_summary(_run(args, stage, Target(args.layout, args.year, pu_id, args.tile_id), options))
     return 0
 
 
-def cmd_ingest(args) -> int:
-    from clcplus_ops.sentinel2.ingest import NoScenesError, ingest_tile
-
-    return _tile_stage(args, lambda config, tile: ingest_tile(config, args.pu_id, args.year, tile, force=args.force),
-                       (NoScenesError,))
-
-
-def cmd_classify(args) -> int:
-    from clcplus_ops.classification.classify import ClassifyError, classify_tile
-    from clcplus_ops.model.registry import ModelNotFoundError
-
-    return _tile_stage(args, lambda config, tile: classify_tile(config, args.pu_id, args.year, tile, args.model_version,
-                                                                force=args.force), (ClassifyError, ModelNotFoundError))
-
-
-def cmd_filter(args) -> int:
-    from clcplus_ops.postprocessing.filtering import FilterError, filter_tile_probabilities
-
-    return _tile_stage(args, lambda config, tile: filter_tile_probabilities(config, args.pu_id, args.year, tile,
-                                                                            force=args.force), (FilterError,))
+def cmd_stages(args) -> int:
+    """The declared stages, in the order data flows."""
+    config = _config(args)
+    for stage in _pipeline().STAGES.values():
+        outputs = ", ".join(stage.output_files(config).values())
+        inputs = ", ".join(stage.inputs) or "-"
+        options = f"; options: {', '.join(stage.options)}" if stage.options else ""
+        print(f"{stage.name:22s} {stage.scope:11s} inputs: {inputs}; outputs: {outputs}{options}")
+    return 0
 
 
 def cmd_samples_import(args) -> int:
-    from clcplus_ops.model.sample_db import SampleDBError, import_samples
-    from clcplus_ops.model.stages import sample_db_url
-    from clcplus_ops.plan import store_for
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.model.sample_db import import_samples
+    from clcplus_ops.runner import store_for
 
     config = _config(args)
-    try:
-        summary = import_samples(store_for(config), sample_db_url(config), args.file, author=args.author,
-                                 layer=args.layer)
-    except SampleDBError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    summary = import_samples(store_for(config), Locations(config).sample_db, args.file, author=args.author,
+                             layer=args.layer)
     print(f"{summary.rows} rows: {summary.added} added, {summary.relabelled} relabelled, {summary.unchanged} unchanged"
           + (f"; batch {summary.url}" if summary.url else "; nothing written"))
     return 0
 
 
 def cmd_samples_history(args) -> int:
+    from clcplus_ops.errors import ClcplusError
+    from clcplus_ops.locations import Locations
     from clcplus_ops.model.sample_db import load_sample_db
-    from clcplus_ops.model.stages import sample_db_url
-    from clcplus_ops.plan import store_for
+    from clcplus_ops.runner import store_for
 
     config = _config(args)
-    db = load_sample_db(store_for(config), sample_db_url(config))
+    db = load_sample_db(store_for(config), Locations(config).sample_db)
     try:
         history = db.history(args.sample_id)
     except KeyError as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
-        return 1
+        raise ClcplusError(error.args[0]) from error
     columns = [c for c in ("revision", "label", "status", "reason", "author", "created", "batch_id") if c in history]
     print(history[columns].to_string(index=False))
     return 0
 
 
-TRAINING_STAGES = ("extract", "audit", "review", "evaluate", "fit", "register")
+# ``clcplus train NAME``: the training stages as the training DAG runs them (NAME -> stage).
+TRAINING_STAGES = {"extract": "extract", "audit": "audit", "review": "review", "evaluate": "evaluate",
+                   "fit": "final_fit", "register": "register"}
 
 
 def cmd_train(args) -> int:
-    from clcplus_ops.model import stages
-    from clcplus_ops.model.sample_db import SampleDBError
+    stage = _pipeline().STAGES[TRAINING_STAGES[args.stage]]
+    options = {}
+    if args.stage == "review":
+        from clcplus_ops.store import as_url
 
-    config = _config(args).for_layout(args.layout)
-    try:
-        if args.stage == "extract":
-            result = stages.extract_pu_samples(config, args.layout, args.pu_id, args.year, force=args.force)
-        elif args.stage == "audit":
-            result = stages.audit_pu_labels(config, args.pu_id, args.year, force=args.force)
-        elif args.stage == "review":
-            result = stages.apply_review(config, args.pu_id, args.year, args.choice, decisions_url=args.decisions,
-                                         reviewer=args.reviewer)
-        elif args.stage == "evaluate":
-            result = stages.evaluate_pu(config, args.pu_id, args.year, force=args.force)
-        elif args.stage == "fit":
-            result = stages.final_fit_pu(config, args.pu_id, args.year, force=args.force)
-        else:
-            result = stages.register_pu_model(config, args.pu_id, args.year)
-    except (stages.TrainingError, SampleDBError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, default=str))
+        decisions = as_url(args.decisions) if args.decisions else None  # a path or a store URL
+        options = {"choice": args.choice, "decisions_url": decisions, "reviewer": args.reviewer}
+    _print_summary(_run(args, stage, _target(args), options))
     return 0
 
 
+def _registry_pu(config, pu_id: str) -> str:
+    """A PU id of the production or the demo layout (registries hold both)."""
+    from clcplus_ops.errors import InvalidIdError
+    from clcplus_ops.locations import check_pu
+
+    errors = []
+    for layout in config.LAYOUTS:
+        try:
+            return check_pu(config, layout, pu_id)
+        except InvalidIdError as error:
+            errors.append(str(error))
+    raise InvalidIdError("; ".join(errors))
+
+
 def cmd_models(args) -> int:
+    from clcplus_ops.locations import Locations
     from clcplus_ops.model import registry
-    from clcplus_ops.plan import store_for
+    from clcplus_ops.runner import store_for
 
     config = _config(args)
-    store = store_for(config)
+    store, models = store_for(config), Locations(config).models
+    pu_id = _registry_pu(config, args.pu_id)
     if args.action == "list":
-        for version in registry.list_versions(store, config.store.models, args.pu_id):
-            card = registry.resolve_model(store, config.store.models, args.pu_id, version).card
+        for version in registry.list_versions(store, models, pu_id):
+            card = registry.resolve_model(store, models, pu_id, version).card
             oa = card.get("metrics", {}).get("overall_accuracy")
             print(f"{version}  {card['created']}  reference year {card.get('reference_year')}  "
                   f"hold-out OA {oa:.1%}" if oa is not None else f"{version}  {card['created']}")
         return 0
-    try:
-        model = registry.resolve_model(store, config.store.models, args.pu_id, args.version)
-    except registry.ModelNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(store.read_text(f"{model.url}/{registry.CARD_MARKDOWN}"))
+    version = _model_version(args.version) if args.version else None
+    model = registry.resolve_model(store, models, pu_id, version)
+    # The card as registered (MODEL_CARD.md is this rendering of model_card.json).
+    print(registry.render_model_card(model.card, url=model.url))
     return 0
 
 
@@ -277,22 +345,24 @@ def cmd_demo(args) -> int:
         if result.returncode:
             print(f"demo: {dag_id} failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
-    from clcplus_ops.plan import pu_url, stage_record_url, store_for, tile_url
-    from clcplus_ops.store import join
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.pipeline import CLASSIFY, INGEST
+    from clcplus_ops.runner import stage_record, store_for
+    from clcplus_ops.stage import Target
 
     store = store_for(config)
-    demo_config = config.for_layout("demo")
+    locations = Locations(config.for_layout("demo"))
     for pu_id in units:
-        done = store.read_json(join(pu_url(demo_config, args.year, pu_id), "tiles_done.json"))
-        records = [store.read_record(stage_record_url(tile_url(demo_config, args.year, pu_id, t), "ingest"))
-                   for t in done["tiles"]]
+        place = locations.pu(args.year, pu_id)
+        done = store.read_json(place.tiles_done)
+        targets = [Target("demo", args.year, pu_id, t) for t in done["tiles"]]
+        records = [stage_record(config, INGEST, target, store) for target in targets]
         dates = [r.details["dates"] for r in records]
         skipped = sum(r.details["scenes_skipped"] for r in records)
-        engines = {store.read_record(stage_record_url(tile_url(demo_config, args.year, pu_id, t), "classify"))
-                   .details["engine"]["precision"] for t in done["tiles"]}
+        engines = {stage_record(config, CLASSIFY, target, store).details["engine"]["precision"] for target in targets}
         print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
               f"dates per tile, {skipped} scenes skipped), classified ({'/'.join(sorted(engines))}) and filtered "
-              f"under {pu_url(demo_config, args.year, pu_id)}")
+              f"under {place.base}")
     pixels = correct = correct_raw = 0
     for pu_id in units:
         acc = demo.map_accuracy(config, args.year, pu_id, world["truth_url"], store)
@@ -335,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="plan a PU's tiles for a reference year (writes plan.json)")
     plan.add_argument("pu_id")
-    plan.add_argument("year", type=int)
+    plan.add_argument("year", help="reference year")
     plan.add_argument("--layout", default="production", choices=("production", "demo"))
     plan.add_argument("--only-tiles", nargs="*")
     plan.set_defaults(func=cmd_plan)
@@ -346,25 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if it is current")
     build.set_defaults(func=cmd_synthetic_build)
 
-    ingest = sub.add_parser("ingest", help="build one tile's Sentinel-2 time series (the ingest stage)")
-    ingest.add_argument("pu_id")
-    ingest.add_argument("year", type=int)
-    ingest.add_argument("tile_id")
-    ingest.add_argument("--layout", default="production", choices=("production", "demo"))
-    ingest.add_argument("--force", action="store_true")
-    ingest.set_defaults(func=cmd_ingest)
-
-    for name, func, text in (("classify", cmd_classify, "classify one tile with its PU's registered model"),
+    for name, func, text in (("ingest", cmd_ingest, "build one tile's Sentinel-2 time series"),
+                             ("classify", cmd_classify, "classify one tile with its PU's registered model"),
                              ("filter", cmd_filter, "bilateral filter of one tile's class probabilities")):
         stage = sub.add_parser(name, help=f"{text} (the {name} stage)")
         stage.add_argument("pu_id")
-        stage.add_argument("year", type=int)
+        stage.add_argument("year", help="reference year")
         stage.add_argument("tile_id")
         stage.add_argument("--layout", default="production", choices=("production", "demo"))
-        stage.add_argument("--force", action="store_true")
+        stage.add_argument("--force", action="store_true", help="recompute even if the recorded outputs are current")
         if name == "classify":
             stage.add_argument("--model-version", help="registered version, e.g. v0002 (default: the latest)")
         stage.set_defaults(func=func)
+
+    run = sub.add_parser("run", help="run any declared stage for one target (see `clcplus stages`)")
+    run.add_argument("stage", help="stage name, e.g. ingest, classify, filter, plan_tiles")
+    run.add_argument("pu_id", help="production unit (any, e.g. '-', for a tile's sample series: they belong to no PU)")
+    run.add_argument("year", help="reference year")
+    run.add_argument("tile_id", nargs="?", help="processing tile (tile stages)")
+    run.add_argument("--layout", default="production", choices=("production", "demo"))
+    run.add_argument("--force", action="store_true", help="recompute even if the recorded outputs are current")
+    run.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="a run option of the stage (repeatable; VALUE is read as JSON where it is JSON)")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("stages", help="the declared stages: scope, inputs, outputs, options").set_defaults(func=cmd_stages)
 
     samples = sub.add_parser("samples", help="the sample DB (points, labels, revisions)").add_subparsers(dest="action", required=True)
     simport = samples.add_parser("import", help="import sample points from CSV or GeoPackage")
@@ -379,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one training stage of a PU (as the training DAG runs them)")
     train.add_argument("stage", choices=TRAINING_STAGES)
     train.add_argument("pu_id")
-    train.add_argument("year", type=int, help="reference year of the sample time series")
+    train.add_argument("year", help="reference year of the sample time series")
     train.add_argument("--layout", default="production", choices=("production", "demo"))
     train.add_argument("--force", action="store_true")
     train.add_argument("--choice", default="keep", choices=("accept", "keep", "decisions"), help="review: the expert's choice")
@@ -405,13 +480,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expected_error(error: BaseException) -> bool:
+    """Whether ``error`` is one an operator is expected to meet (printed as one line)."""
+    from clcplus_ops.errors import ClcplusError
+
+    return isinstance(error, ClcplusError | ConfigError | FileNotFoundError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a configuration error lists its fields after a colon)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head, rest = lines[0], lines[1:]
+    return head + (" " + "; ".join(rest) if rest else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not expected_error(error):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

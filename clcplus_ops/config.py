@@ -86,13 +86,15 @@ class TimeSeriesConfig(Section):
     # Tiles are computed in square blocks of this many pixels per side: it bounds the memory of
     # an ingest task (about 1 GB at 512 px and ~110 acquisition dates), whatever the tile size.
     block_px: int = Field(512, ge=256, le=4096)
+    # Reference years the system accepts (a year is checked before it names any location).
+    first_reference_year: int = Field(2017, ge=2015, le=2200)
+    last_reference_year: int = Field(2100, ge=2015, le=2200)
+    # The product's history: these years, then every ``every_years`` from ``first_biennial_year``
+    # (the timetable schedules exactly these).
+    historical_years: tuple[int, ...] = (2018, 2021)
+    first_biennial_year: int = Field(2023, ge=2015, le=2200)
+    every_years: int = Field(2, ge=1, le=10)
 
-    @field_validator("block_px")
-    @classmethod
-    def _whole_output_blocks(cls, size: int) -> int:
-        if size % 256:
-            raise ValueError(f"block_px must be a multiple of 256 (the GeoTIFF block size), got {size}")
-        return size
 
     def window(self, reference_year: int) -> tuple[dt.date, dt.date]:
         """[start, end) of the acquisition window of ``reference_year``."""
@@ -114,6 +116,62 @@ class TimeSeriesConfig(Section):
                 f"{(end - start).days}-day window"
             )
         return self
+
+    @model_validator(mode="after")
+    def _year_range(self) -> TimeSeriesConfig:
+        if self.first_reference_year > self.last_reference_year:
+            raise ValueError(f"first_reference_year={self.first_reference_year} is after "
+                             f"last_reference_year={self.last_reference_year}: no year would be accepted")
+        return self
+
+
+class RasterProfile(Section):
+    """GeoTIFF creation options of one kind of work raster."""
+
+    compress: Literal["zstd", "deflate", "lzw", "none"] = "zstd"
+    level: int = Field(1, ge=1, le=22)
+    predictor: Literal[1, 2, 3] = 2
+    block_px: int = Field(256, ge=16, le=4096)
+
+    @field_validator("block_px")
+    @classmethod
+    def _multiple_of_16(cls, size: int) -> int:
+        if size % 16:
+            raise ValueError(f"GeoTIFF blocks are multiples of 16 px, got {size}")
+        return size
+
+    def creation_options(self) -> dict:
+        options = {"tiled": True, "blockxsize": self.block_px, "blockysize": self.block_px,
+                   "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
+        if self.compress != "none":
+            options.update(compress=self.compress, predictor=self.predictor)
+            # GDAL's names of the level (LZW has none; a DEFLATE_LEVEL would be ignored silently)
+            level_option = {"zstd": "zstd_level", "deflate": "zlevel"}.get(self.compress)
+            if level_option:
+                options[level_option] = self.level
+        return options
+
+
+class RastersConfig(Section):
+    """The work rasters' GeoTIFF profiles (not the delivered products: see ``products``)."""
+
+    # Time series: 54 bands per feature, written once and read once; fast zstd.
+    features: RasterProfile = RasterProfile(level=1)
+    # Probabilities: mostly near 0 or 1, they compress well at a slightly higher level.
+    probabilities: RasterProfile = RasterProfile(level=3)
+
+
+class AirflowConfig(Section):
+    """How the DAGs run their tasks (the library itself never imports Airflow)."""
+
+    start_date: dt.date = dt.date(2017, 9, 1)
+    retries: int = Field(2, ge=0, le=20)
+    retry_delay_minutes: float = Field(2.0, ge=0, le=1440)
+    training_retries: int = Field(1, ge=0, le=20)
+    # S3 credentials and endpoint come from this Airflow connection (Amazon provider's hook).
+    aws_conn_id: str = "aws_default"
+    # The pool of tasks whose stage declares no pool of its own.
+    default_pool: str = "default_pool"
 
 
 class GridConfig(Section):
@@ -147,6 +205,9 @@ class BilateralConfig(Section):
     win_size: int = Field(4, ge=1, le=31)
     sigma_spatial: float = Field(0.8, gt=0, le=100)
     sigma_color: float = Field(0.25, gt=0, le=10)
+    # Output rows filtered at a time (full-width strips): bounds the filter task's memory; the
+    # result does not depend on it, so it is not in the stage's fingerprint.
+    block_px: int = Field(512, ge=16, le=8192)
 
 
 class InferenceConfig(Section):
@@ -170,12 +231,6 @@ class InferenceConfig(Section):
     airflow_pool: str = "default_pool"
     airflow_queue: str | None = None  # None: Airflow's [operators] default_queue
 
-    @field_validator("block_px")
-    @classmethod
-    def _whole_blocks(cls, size: int) -> int:
-        if size % 256:
-            raise ValueError(f"block_px must be a multiple of 256 (the GeoTIFF block size), got {size}")
-        return size
 
 
 class BlendingConfig(Section):
@@ -394,6 +449,8 @@ class Config(Section):
     products: ProductsConfig = ProductsConfig()
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
+    rasters: RastersConfig = RastersConfig()
+    airflow: AirflowConfig = AirflowConfig()
     layout: LayoutConfig = LayoutConfig()
     demo: DemoConfig = DemoConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -407,6 +464,16 @@ class Config(Section):
             if grid.halo_px < reach:
                 raise ValueError(f"{name}.halo_px={grid.halo_px} is smaller than the bilateral filter's reach "
                                  f"(win_size - 1) // 2 = {reach}: filtered tiles would not match at their edges")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_raster_blocks(self) -> Config:
+        # Processing blocks are whole GeoTIFF blocks, so no block of a work raster is written twice.
+        for name, size, raster in (("time_series.block_px", self.time_series.block_px, self.rasters.features),
+                                   ("inference.block_px", self.inference.block_px, self.rasters.probabilities)):
+            if size % raster.block_px:
+                raise ValueError(f"{name}={size} must be a multiple of the GeoTIFF block size "
+                                 f"rasters.*.block_px={raster.block_px}")
         return self
 
     def layout_path(self, layout: str) -> Path:

@@ -4,7 +4,7 @@ filtered maps against the synthetic ground truth.
 
 The demo trains without the label audit's expert review (a person answers it in the training
 DAG, ``clcplus_training_demo``): extract ► hold-out evaluation ► final fit ► register, the
-same stage functions the training DAG runs.
+same stages the training DAG runs, through the same runner.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import rasterio
 from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.classification.classify import select_model
 from clcplus_ops.config import Config
-from clcplus_ops.geo.tiles import tile_from_id
-from clcplus_ops.model import registry, stages
-from clcplus_ops.model.sample_db import import_samples
-from clcplus_ops.plan import pu_url, store_for, tile_url
+from clcplus_ops.locations import Locations, check_tile
+from clcplus_ops.model.registry import ModelNotFoundError
 from clcplus_ops.raster_io import gdal_env, gdal_path
-from clcplus_ops.sentinel2.reading import Grid, read_nearest, tile_grid
-from clcplus_ops.store import Store, join
+from clcplus_ops.runner import run_stage, store_for
+from clcplus_ops.stage import Target
+from clcplus_ops.store import Store
 
 log = logging.getLogger(__name__)
 LAYOUT = "demo"
@@ -34,6 +33,9 @@ def ensure_models(config: Config, reference_year: int, pu_ids: Sequence[str], sa
                   store: Store | None = None) -> list[dict]:
     """The registered model of each PU; PUs without one get one trained on the samples of
     ``samples_csv_url`` (imported into the sample DB first; a re-import changes nothing)."""
+    from clcplus_ops.model.sample_db import import_samples
+    from clcplus_ops.model.stages import EVALUATE, EXTRACT, FINAL_FIT, REGISTER
+
     config = config.for_layout(LAYOUT)  # what the demo training DAG's tasks run with
     store = store or store_for(config)
     results = []
@@ -43,20 +45,23 @@ def ensure_models(config: Config, reference_year: int, pu_ids: Sequence[str], sa
             results.append({"pu_id": pu_id, "version": chosen["version"], "trained": False,
                             "overall_accuracy": chosen["hold_out_overall_accuracy"]})
             continue
-        except registry.ModelNotFoundError:
+        except ModelNotFoundError:
             log.info("%s: no registered model; training one on %s", pu_id, samples_csv_url)
-        import_samples(store, stages.sample_db_url(config), samples_csv_url, author="demo")
-        stages.extract_pu_samples(config, LAYOUT, pu_id, reference_year, store=store)
-        evaluated = stages.evaluate_pu(config, pu_id, reference_year, store=store)
-        stages.final_fit_pu(config, pu_id, reference_year, store=store)
-        registered = stages.register_pu_model(config, pu_id, reference_year, store=store)
+        import_samples(store, Locations(config).sample_db, samples_csv_url, author="demo")
+        target = Target(LAYOUT, reference_year, pu_id)
+        run_stage(EXTRACT, config, target, store=store)
+        evaluated = run_stage(EVALUATE, config, target, store=store)
+        run_stage(FINAL_FIT, config, target, store=store)
+        registered = run_stage(REGISTER, config, target, store=store)
         results.append({"pu_id": pu_id, "version": registered["version"], "trained": True,
                         "overall_accuracy": evaluated["overall_accuracy"]})
     return results
 
 
-def _read_classes(url: str, grid: Grid, classes: np.ndarray) -> np.ndarray:
+def _read_classes(url: str, grid, classes: np.ndarray) -> np.ndarray:
     """Class codes (argmax of the stored probabilities) on ``grid``; 0 where there is no data."""
+    from clcplus_ops.sentinel2.reading import read_nearest
+
     with rasterio.open(gdal_path(url)) as dataset:
         stack = np.stack([read_nearest(dataset, grid, band) for band in range(1, dataset.count + 1)])
     codes = classes[stack.argmax(axis=0)]
@@ -65,22 +70,25 @@ def _read_classes(url: str, grid: Grid, classes: np.ndarray) -> np.ndarray:
 
 def map_accuracy(config: Config, reference_year: int, pu_id: str, truth_url: str, store: Store | None = None) -> dict:
     """Overall accuracy over the cores of the PU's tiles of the classified map (argmax of the
-    probabilities) and of the filtered map, against the ground truth raster at ``truth_url``."""
+    probabilities) and of the filtered map, against the ground truth raster at ``truth_url``.
+    The tiles are those of the PU run's join (``tiles_done.json``)."""
+    from clcplus_ops.sentinel2.reading import read_nearest
+
     config = config.for_layout(LAYOUT)
     store = store or store_for(config)
-    done = store.read_json(join(pu_url(config, reference_year, pu_id), "tiles_done.json"))
+    locations = Locations(config)
+    done = store.read_json(locations.pu(reference_year, pu_id).tiles_done)
     classes = np.array(sorted(config.codes.classes))
     totals = {"pixels": 0, "classified_correct": 0, "filtered_correct": 0, "changed_by_filter": 0}
     with gdal_env(store.s3_settings), rasterio.open(gdal_path(truth_url)) as truth_ds:
         for tile_id in done["tiles"]:
-            tile = tile_from_id(tile_id, config.grid.tile_size_m, config.grid.pixel_size_m)
-            core = tile_grid(tile, 0)
+            core = check_tile(config, tile_id).grid(0)
             if truth_ds.crs.to_epsg() != core.epsg:
                 raise ValueError(f"ground truth {truth_url} is in {truth_ds.crs}, tile {tile_id} in EPSG:{core.epsg}")
             truth = read_nearest(truth_ds, core)
-            base = tile_url(config, reference_year, pu_id, tile_id)
-            classified = _read_classes(probs_io.probabilities_url(base), core, classes)
-            filtered = _read_classes(probs_io.filtered_url(base), core, classes)
+            place = locations.tile(reference_year, pu_id, tile_id)
+            classified = _read_classes(place.probabilities, core, classes)
+            filtered = _read_classes(place.filtered, core, classes)
             judged = np.isin(truth, classes) & (classified > 0) & (filtered > 0)
             totals["pixels"] += int(judged.sum())
             totals["classified_correct"] += int((classified == truth)[judged].sum())

@@ -1,144 +1,190 @@
-"""The first stage of a production unit's run: plan its tiles and write each tile's grid
-definition, which every later per-tile stage reads."""
+"""The first and the last stage of a production unit's run, and the tile definition.
+
+* ``plan_tiles`` (PU): the tiles of the PU (those meeting the unit buffered by the PU buffer),
+  or the subset ``only_tiles`` for a partial re-run, written as ``plan.json``;
+* ``define_tile`` (tile): the tile's grid definition (CRS, bounds, transform, shape) as
+  ``tile.json``, which every later tile stage can read;
+* ``join_tiles`` (PU): checks that every planned tile finished its stages and writes
+  ``tiles_done.json``; its fingerprint is the planned tiles' stage fingerprints, so it reruns
+  when a tile was recomputed.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-import clcplus_ops
 from clcplus_ops.config import Config
-from clcplus_ops.geo.layout import load_layout
-from clcplus_ops.geo.tiles import ProcessingTile, tiles_for_pu
-from clcplus_ops.store import Store, S3Settings, fingerprint, join
+from clcplus_ops.errors import ClcplusError, InvalidIdError, PermanentError, StageInputError
+from clcplus_ops.locations import check_tile
+from clcplus_ops.stage import External, Stage, StageIO, Target
 
 log = logging.getLogger(__name__)
 
-
-def store_for(config: Config) -> Store:
-    return Store(S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region))
-
-
-def pu_url(config: Config, reference_year: int, pu_id: str) -> str:
-    return join(config.store.work, str(reference_year), pu_id)
+# The per-tile stages, in order; a tile is finished when each has its committed record.
+TILE_STAGE_NAMES = ("define_tile", "ingest", "classify", "filter")
 
 
-def tile_url(config: Config, reference_year: int, pu_id: str, tile_id: str) -> str:
-    return join(pu_url(config, reference_year, pu_id), "tiles", tile_id)
+class TilesNotFinishedError(PermanentError):
+    """The join found planned tiles whose stages have not all run (no retry of the join cures
+    that: re-run the tiles)."""
 
 
-def stage_record_url(tile_base_url: str, stage: str) -> str:
-    """Where a per-tile stage records that it finished (and from what)."""
-    return join(tile_base_url, "_records", f"{stage}.json")
+# --------------------------------------------------------------------------------------------
+# plan_tiles
 
 
-def previous_stage(store: Store, tile_base_url: str, stage: str, error: type[Exception], what: str):
-    """The record of the tile stage this one reads from; ``error`` naming what is missing and
-    where it looked if that stage has not run."""
-    record = store.read_record(stage_record_url(tile_base_url, stage))
-    if record is None:
-        raise error(f"{what}: no {stage} record at {stage_record_url(tile_base_url, stage)}; run {stage} first")
-    return record
+def _only_tiles(options) -> list[str]:
+    only = options.get("only_tiles") or []
+    if isinstance(only, str):
+        only = [only]
+    return sorted(set(only))
 
 
-@dataclass(frozen=True)
-class TilePlan:
-    pu_id: str
-    reference_year: int
-    layout: str
-    tiles: tuple[ProcessingTile, ...]
-    plan_url: str
+def _plan_prepare(ctx) -> External:
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.tiles import tiles_for_pu
 
-    def for_tasks(self) -> list[dict]:
-        """What crosses XCom to the mapped tile tasks: the tile id (tasks rebuild the tile)."""
-        return [{"tile_id": t.tile_id} for t in self.tiles]
-
-
-def plan_tiles(
-    config: Config,
-    layout: str,
-    pu_id: str,
-    reference_year: int,
-    only_tiles: Sequence[str] | None = None,
-    store: Store | None = None,
-) -> TilePlan:
-    """The tiles of ``pu_id`` (those meeting the unit buffered by the PU buffer), or the subset
-    ``only_tiles`` for a partial re-run. Writes ``plan.json`` under the PU's work folder."""
-    store = store or store_for(config)
-    layout_file = config.layout_path(layout)
-    units = load_layout(layout_file)
-    if pu_id not in units:
-        raise ValueError(f"production unit {pu_id!r} is not in the {layout} layout {layout_file}")
-    grid = config.for_layout(layout).grid
-    tiles = tiles_for_pu(units[pu_id], grid.tile_size_m, grid.pu_buffer_m, grid.pixel_size_m)
+    config, target = ctx.config, ctx.target
+    layout_file = config.layout_path(target.layout)
+    unit = load_layout(layout_file)[target.pu_id]  # the runner checked the id against the layout
+    grid = config.grid
+    tiles = tiles_for_pu(unit, grid.tile_size_m, grid.pu_buffer_m, grid.pixel_size_m)
     if not tiles:
-        raise ValueError(f"production unit {pu_id} meets no Sentinel-2 processing tile")
-    if only_tiles:
-        known, wanted = {t.tile_id for t in tiles}, set(only_tiles)
-        unknown = sorted(wanted - known)
+        raise ClcplusError(f"production unit {target.pu_id} meets no Sentinel-2 processing tile")
+    only = _only_tiles(ctx.options)
+    if only:
+        known = {t.tile_id for t in tiles}
+        unknown = sorted(set(only) - known)
         if unknown:
-            raise ValueError(
-                f"only_tiles names {unknown}, which are not tiles of {pu_id}; its tiles are {sorted(known)}"
-            )
-        tiles = [t for t in tiles if t.tile_id in wanted]
-    plan_url = join(pu_url(config, reference_year, pu_id), "plan.json")
-    store.write_json(
-        plan_url,
-        {
-            "pu_id": pu_id,
-            "reference_year": reference_year,
-            "layout": layout,
-            "layout_file": str(layout_file),
-            "tile_size_m": grid.tile_size_m,
-            "pu_buffer_m": grid.pu_buffer_m,
-            "only_tiles": sorted(only_tiles or []),
-            "tiles": [t.to_dict() for t in tiles],
-        },
-    )
-    log.info("%s %d: %d tiles planned (%s)", pu_id, reference_year, len(tiles), plan_url)
-    return TilePlan(pu_id, reference_year, layout, tuple(tiles), plan_url)
+            raise InvalidIdError(f"only_tiles names {unknown}, which are not tiles of {target.pu_id}; "
+                                 f"its tiles are {sorted(known)}")
+        tiles = [t for t in tiles if t.tile_id in set(only)]
+    return External(identity={"layout_file": str(layout_file), "tiles": [t.to_dict() for t in tiles]},
+                    value={"layout_file": str(layout_file), "tiles": tiles})
 
 
-def define_tile(
-    config: Config, pu_id: str, reference_year: int, tile: ProcessingTile, force: bool = False,
-    store: Store | None = None,
-) -> dict:
-    """Write the tile's grid definition (CRS, bounds, transform, shape) as ``tile.json``;
-    skipped when it is already there for the same tile and code version."""
+def _plan_params(config: Config, target: Target, options) -> dict:
+    return {"tile_size_m": config.grid.tile_size_m, "pu_buffer_m": config.grid.pu_buffer_m,
+            "pixel_size_m": config.grid.pixel_size_m, "only_tiles": _only_tiles(options)}
+
+
+def _plan_compute(io: StageIO) -> dict:
+    target, grid, tiles = io.target, io.config.grid, io.external["tiles"]
+    io.write_json("plan", {
+        "pu_id": target.pu_id,
+        "reference_year": target.reference_year,
+        "layout": target.layout,
+        "layout_file": io.external["layout_file"],
+        "tile_size_m": grid.tile_size_m,
+        "pu_buffer_m": grid.pu_buffer_m,
+        "only_tiles": io.params["only_tiles"],
+        "tiles": [t.to_dict() for t in tiles],
+    })
+    io.log.info("%s %d: %d tiles planned", target.pu_id, target.reference_year, len(tiles))
+    return {"tiles": len(tiles), "only_tiles": io.params["only_tiles"]}
+
+
+PLAN_TILES = Stage(
+    name="plan_tiles",
+    scope="pu",
+    outputs={"plan": "plan.json"},
+    prepare=_plan_prepare,
+    params=_plan_params,
+    compute=_plan_compute,
+    options=("only_tiles",),
+    summary=("tiles",),
+    permanent_errors=(InvalidIdError,),
+    description="the tiles of the production unit (or the only_tiles subset)",
+)
+
+
+def planned_tiles(config: Config, layout: str, pu_id: str, reference_year: int, store=None) -> list[str]:
+    """The tile ids of the PU's committed plan (what the DAG maps its tile tasks over)."""
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.runner import stage_record, store_for
+
+    config = config.for_layout(layout)
     store = store or store_for(config)
-    base = tile_url(config, reference_year, pu_id, tile.tile_id)
-    definition_url, record_url = join(base, "tile.json"), stage_record_url(base, "define_tile")
-    key = fingerprint(stage="define_tile", inputs={"tile": tile.to_dict()}, params={}, version=clcplus_ops.__version__)
-    if not force and store.is_current(record_url, key):
-        log.info("%s: tile definition is current, skipped", tile.tile_id)
-        return {"tile_id": tile.tile_id, "url": definition_url, "skipped": True}
-    store.write_json(definition_url, {"pu_id": pu_id, "reference_year": reference_year, **tile.to_dict()})
-    store.write_record(record_url, stage="define_tile", fingerprint=key, outputs={"tile": definition_url})
-    return {"tile_id": tile.tile_id, "url": definition_url, "skipped": False}
+    record = stage_record(config, PLAN_TILES, Target(layout, int(reference_year), pu_id), store)
+    if record is None:
+        raise StageInputError(f"{pu_id} {reference_year}: the tiles have not been planned (no plan_tiles record)")
+    plan = store.read_json(Locations(config).resolve(record.outputs["plan"]))
+    return [t["tile_id"] for t in plan["tiles"]]
 
 
-# The per-tile stages, in order; a tile is finished when each has its record.
-TILE_STAGES = ("define_tile", "ingest", "classify", "filter")
+# --------------------------------------------------------------------------------------------
+# define_tile
 
 
-def join_tiles(config: Config, pu_id: str, reference_year: int, store: Store | None = None) -> dict:
-    """Check that every planned tile finished its stages and write the PU's tile summary."""
-    store = store or store_for(config)
-    base = pu_url(config, reference_year, pu_id)
-    planned = store.read_json(join(base, "plan.json"))
-    missing = {}
-    for t in planned["tiles"]:
-        tile_base = tile_url(config, reference_year, pu_id, t["tile_id"])
-        stages = [s for s in TILE_STAGES if store.read_record(stage_record_url(tile_base, s)) is None]
-        if stages:
-            missing[t["tile_id"]] = stages
+def _define_params(config: Config, target: Target, options) -> dict:
+    return {"tile": check_tile(config, target.tile_id).to_dict()}
+
+
+def _define_compute(io: StageIO) -> dict:
+    io.write_json("tile", {"pu_id": io.target.pu_id, "reference_year": io.target.reference_year,
+                           **io.tile.to_dict()})
+    return {}
+
+
+DEFINE_TILE = Stage(
+    name="define_tile",
+    scope="tile",
+    outputs={"tile": "tile.json"},
+    params=_define_params,
+    compute=_define_compute,
+    description="the tile's grid definition (CRS, bounds, transform, shape)",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# join_tiles
+
+
+def _join_prepare(ctx) -> External:
+    from clcplus_ops.runner import CorruptRecordError
+
+    target = ctx.target
+    plan = ctx.record("plan_tiles")  # the runner verified it (declared input)
+    tiles = [t["tile_id"] for t in ctx.store.read_json(ctx.locations.resolve(plan.outputs["plan"]))["tiles"]]
+    done, missing = {}, {}
+    for tile_id in tiles:
+        tile_target = Target(target.layout, target.reference_year, target.pu_id, tile_id)
+        fingerprints = {}
+        for stage in TILE_STAGE_NAMES:
+            try:
+                record = ctx.record(stage, target=tile_target, scope="tile")
+            except CorruptRecordError:
+                record = None
+            if record is None:
+                missing.setdefault(tile_id, []).append(stage)
+            else:
+                fingerprints[stage] = record.fingerprint
+        done[tile_id] = fingerprints
     if missing:
-        raise RuntimeError(
-            f"{pu_id} {reference_year}: tiles {sorted(missing)} have not finished; re-run them with only_tiles "
-            f"(stages missing per tile: {missing})"
+        raise TilesNotFinishedError(
+            f"{target.pu_id} {target.reference_year}: tiles {sorted(missing)} have not finished; re-run them with "
+            f"only_tiles (stages missing per tile: {missing})"
         )
-    summary = {"pu_id": pu_id, "reference_year": reference_year, "tiles": [t["tile_id"] for t in planned["tiles"]]}
-    store.write_json(join(base, "tiles_done.json"), summary)
-    log.info("%s %d: all %d planned tiles finished", pu_id, reference_year, len(summary["tiles"]))
-    return {"pu_id": pu_id, "tiles": len(summary["tiles"])}
+    return External(identity={"tiles": done}, value=tiles)
+
+
+def _join_compute(io: StageIO) -> dict:
+    target, tiles = io.target, io.external
+    io.write_json("tiles_done", {"pu_id": target.pu_id, "reference_year": target.reference_year, "tiles": tiles})
+    io.log.info("%s %d: all %d planned tiles finished", target.pu_id, target.reference_year, len(tiles))
+    return {"tiles": len(tiles)}
+
+
+JOIN_TILES = Stage(
+    name="join_tiles",
+    scope="pu",
+    inputs=("plan_tiles",),
+    outputs={"tiles_done": "tiles_done.json"},
+    prepare=_join_prepare,
+    compute=_join_compute,
+    summary=("tiles",),
+    permanent_errors=(TilesNotFinishedError,),
+    description="check that every planned tile finished its stages",
+)
+
+
+__all__ = ["DEFINE_TILE", "JOIN_TILES", "PLAN_TILES", "TILE_STAGE_NAMES", "TilesNotFinishedError", "planned_tiles"]

@@ -1,4 +1,4 @@
-"""URL-addressed storage for every persisted artefact, plus the records that make stages idempotent.
+"""URL-addressed storage for every persisted artefact.
 
 Two schemes are supported: ``file:///abs/path`` (the embedded default) and ``s3://bucket/key``
 (production). URLs are handled as plain strings (no percent-encoding), like S3 keys are.
@@ -7,9 +7,9 @@ Writes are atomic for readers: ``file://`` writes land in a temporary file in th
 directory and are renamed over the target; ``s3://`` writes are a single PUT or a managed
 (multipart) upload, which S3 makes visible only once complete.
 
-A stage writes its outputs, then a :class:`StageRecord` naming them with their checksums and the
-fingerprint of its inputs/parameters/code version; the record's presence means the stage
-finished, and :meth:`Store.is_current` lets a re-run skip work that is already done.
+Stages do not write here directly: the stage runner (:mod:`clcplus_ops.runner`) stages their
+outputs in a private folder, commits them with :meth:`Store.put_file` and records them. Path
+segments ``.`` and ``..`` are refused, so no id can address anything outside its root.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +36,52 @@ import botocore.config
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from clcplus_ops.errors import ClcplusError
+
 log = logging.getLogger("clcplus_ops.store")
 
 SCHEMES = ("file", "s3")
-# Temporary files/dirs of in-flight file:// writes start with this; list() hides them.
+# Temporary files/dirs of in-flight file:// writes start with this; list() hides them. The owner's
+# process id and host follow, so the leftovers of killed processes can be told from live writes.
 _TMP_PREFIX = ".clcplus-tmp-"
+_HOST = socket.gethostname().replace("@", "_")
+
+
+def _tmp_prefix(kind: str = "") -> str:
+    return f"{_TMP_PREFIX}{os.getpid()}@{_HOST}@{kind}"
+
+
+# Leftovers of another host (or of an older naming) are removed once they are this old.
+FOREIGN_TMP_AGE_S = 24 * 3600
 _CHUNK = 1 << 20
 _SINGLE_PUT_MAX = 64 << 20  # larger files go up as a managed multipart upload
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
-class StoreError(Exception):
+class StoreError(ClcplusError):
     """A storage problem other than a missing object (bad URL, missing bucket, S3 error...)."""
+
+
+class StoreUnreachableError(StoreError):
+    """The store cannot be reached (endpoint down, no credentials, network): never "not done"."""
 
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where and how to reach S3; credentials come from boto3's chain (env vars, profile...)."""
+    """Where and how to reach S3. Credentials are plain settings handed over by the deployment
+    (on Airflow: from a connection, through the Amazon provider's hook); when none are given,
+    boto3's own chain applies (instance role, profile...). They never appear in a repr."""
 
     endpoint_url: str | None = None
     region: str = "eu-central-1"
     addressing_style: str = "path"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        """The settings, credentials included (for handing to a subprocess, never for logs)."""
+        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,6 +109,10 @@ def join(root_url: str, *parts: str) -> str:
         _local_path(root_url)  # validates that it is absolute
     head = rest.rstrip("/")
     segments = [s for part in parts for s in str(part).split("/") if s]
+    bad = [s for s in segments if s in (".", "..")]
+    if bad:
+        # An id such as "../../x" must never address anything outside the root it was joined to.
+        raise StoreError(f"refusing the path segment {bad[0]!r} below {root_url}: {'/'.join(segments)!r}")
     if not segments:
         return f"{scheme}://{head or '/'}"
     return f"{scheme}://{'/'.join([head, *segments])}"
@@ -142,49 +172,6 @@ def _json_ok(obj: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Stage records
-
-
-@dataclass
-class StageRecord:
-    stage: str
-    fingerprint: str
-    outputs: dict[str, str]  # name -> url
-    checksums: dict[str, str]  # url -> sha256
-    created: str  # ISO-8601 UTC
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageRecord:
-        """Strict parse: a record with missing or mistyped fields is corrupt, not half-trusted."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"stage record must be a JSON object, got {type(data).__name__}")
-        for name in ("stage", "fingerprint", "created"):
-            if not isinstance(data[name], str):
-                raise ValueError(f"stage record field {name!r} must be a string")
-        for name in ("outputs", "checksums"):
-            table = data[name]
-            if not isinstance(table, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in table.items()
-            ):
-                raise ValueError(f"stage record field {name!r} must map strings to strings")
-        details = data.get("details") or {}
-        if not isinstance(details, Mapping):
-            raise ValueError("stage record field 'details' must be an object")
-        return cls(
-            stage=data["stage"],
-            fingerprint=data["fingerprint"],
-            outputs=dict(data["outputs"]),
-            checksums=dict(data["checksums"]),
-            created=data["created"],
-            details=dict(details),
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # Store
 
 
@@ -219,7 +206,10 @@ class Store:
                     **extra,
                 )
                 # A private session: boto3's default session is not thread-safe.
-                self._client = boto3.session.Session().client(
+                session = boto3.session.Session(
+                    aws_access_key_id=s.access_key_id, aws_secret_access_key=s.secret_access_key,
+                    aws_session_token=s.session_token)
+                self._client = session.client(
                     "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=config
                 )
             return self._client
@@ -263,7 +253,7 @@ class Store:
                 raise self._s3_error(exc.__context__, url) from exc
             raise StoreError(f"S3 upload failed for {url}: {exc}") from exc
         except BotoCoreError as exc:  # endpoint unreachable, no credentials, ...
-            raise StoreError(f"S3 failure for {url}: {exc}") from exc
+            raise StoreUnreachableError(f"S3 store unreachable for {url}: {exc}") from exc
 
     # ---- basic operations --------------------------------------------------------------------
 
@@ -440,10 +430,10 @@ class Store:
             target = _local_path(url)
             target.parent.mkdir(parents=True, exist_ok=True)
             # A private directory next to the target: same filesystem, so os.replace is atomic.
-            tmpdir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
+            tmpdir = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=target.parent))
         else:
             bucket, key = _bucket_key(url)
-            tmpdir = Path(tempfile.mkdtemp(prefix="clcplus-"))
+            tmpdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=scratch_root()))
         tmp = tmpdir / (url.rstrip("/").rsplit("/", 1)[-1])
         try:
             yield tmp
@@ -477,92 +467,159 @@ class Store:
             yield path
             return
         bucket, key = _bucket_key(url)
-        with tempfile.TemporaryDirectory(prefix="clcplus-") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-", dir=scratch_root()) as tmpdir:
             tmp = Path(tmpdir, key.rsplit("/", 1)[-1])
             with self._s3_errors(url):
                 self._s3.download_file(bucket, key, str(tmp))
             yield tmp
 
-    # ---- stage records -----------------------------------------------------------------------
+    # ---- committing files and checking them cheaply ------------------------------------------
 
-    def write_record(
-        self,
-        record_url: str,
-        *,
-        stage: str,
-        fingerprint: str,
-        outputs: Mapping[str, str],
-        details: Mapping[str, Any] | None = None,
-        checksums: Mapping[str, str] | None = None,
-    ) -> StageRecord:
-        """Checksum the (already written) outputs and write the record; call it last.
-
-        ``checksums`` (url -> sha256) may give checksums the stage computed before uploading,
-        which saves reading large outputs back; the others are computed here."""
-        known = dict(checksums or {})
-        checksums = {}
-        for name, url in outputs.items():
-            if url in known:
-                if not self.exists(url):
-                    raise StoreError(f"stage {stage!r}: output {name!r} does not exist at {url}")
-                checksums[url] = known[url]
-                continue
+    def stat(self, url: str) -> FileStamp:
+        """Size and a cheap change stamp of an object: the modification time on a filesystem,
+        the ETag on S3 (both change when the content is rewritten)."""
+        scheme, _ = _split(url)
+        if scheme == "file":
             try:
-                checksums[url] = self.sha256(url)
+                st = _local_path(url).stat()
             except FileNotFoundError:
-                raise StoreError(
-                    f"stage {stage!r}: output {name!r} does not exist at {url}"
-                ) from None
-        record = StageRecord(
-            stage=stage,
-            fingerprint=fingerprint,
-            outputs=dict(outputs),
-            checksums=checksums,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            details=dict(details or {}),
-        )
-        self.write_json(record_url, record.to_dict())
-        log.info("stage %s: recorded %d output(s) at %s", stage, len(checksums), record_url)
-        return record
+                raise _not_found(url) from None
+            return FileStamp(st.st_size, str(st.st_mtime_ns))
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            head = self._s3.head_object(Bucket=bucket, Key=key)
+        return FileStamp(int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
 
-    def read_record(self, record_url: str) -> StageRecord | None:
-        """The record at ``record_url``, None if absent; StoreError if it cannot be parsed."""
-        try:
-            data = self.read_json(record_url)
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise StoreError(f"corrupt stage record {record_url}: {exc}") from exc
-        try:
-            return StageRecord.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"corrupt stage record {record_url}: {exc!r}") from exc
+    def put_file(self, local: Path, url: str) -> FileStamp:
+        """Move (``file://`` on the same filesystem: rename) or upload the local file ``local``
+        to ``url``; readers see the old object or the new one, never part of one."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            target = _local_path(url)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fsync(local)
+            try:
+                os.replace(local, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with self.local_write(url) as tmp:  # another filesystem: copy, then rename
+                    shutil.copyfile(local, tmp)
+            with contextlib.suppress(OSError):
+                _fsync(target.parent)
+            return self.stat(url)
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            if local.stat().st_size <= _SINGLE_PUT_MAX:
+                with local.open("rb") as body:
+                    self._s3.put_object(Bucket=bucket, Key=key, Body=body)
+            else:
+                self._s3.upload_file(str(local), bucket, key)
+        return self.stat(url)
 
-    def is_current(
-        self, record_url: str, fingerprint: str, *, verify_checksums: bool = False
-    ) -> bool:
-        """True if the stage recorded at ``record_url`` ran with ``fingerprint`` and its outputs
-        are all still there (and, if asked, unchanged)."""
-        try:
-            record = self.read_record(record_url)
-        except StoreError as exc:
-            log.warning("%s; treating the stage as not current", exc)
-            return False
-        if record is None:
-            log.info("run: no record at %s", record_url)
-            return False
-        if record.fingerprint != fingerprint:
-            log.info("run: stage %s changed inputs/params/version (%s)", record.stage, record_url)
-            return False
-        for name, url in record.outputs.items():
-            if not self.exists(url):
-                log.info("run: stage %s output %r is missing: %s", record.stage, name, url)
-                return False
-            if verify_checksums and record.checksums.get(url) != self.sha256(url):
-                log.info("run: stage %s output %r was modified: %s", record.stage, name, url)
-                return False
-        log.info("skip: stage %s is current (%s)", record.stage, record_url)
+    def remove_temporaries(self, folder_url: str) -> tuple[int, int]:
+        """Remove what killed writes left in a ``file://`` folder (``.clcplus-tmp-*`` files and
+        folders, recursively): those of dead processes of this host at once, others once they
+        are :data:`FOREIGN_TMP_AGE_S` old. Returns (entries removed, bytes freed). S3 writes
+        leave nothing in the bucket (an unfinished upload is invisible): for ``s3://`` folders
+        the local scratch folders of dead processes (:func:`scratch_root`) are removed."""
+        scheme, _ = _split(folder_url)
+        if scheme != "file":
+            return _remove_dead_scratch(_scratch_path())
+        root = _local_path(folder_url)
+        if not root.is_dir():
+            return 0, 0
+        removed = freed = 0
+        cutoff = time.time() - FOREIGN_TMP_AGE_S
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [*dirnames, *filenames]:
+                if not name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(dirpath, name)
+                pid, _, rest = name[len(_TMP_PREFIX):].partition("@")
+                host = rest.partition("@")[0]
+                try:
+                    if pid.isdigit() and host == _HOST:
+                        if int(pid) == os.getpid() or _alive(int(pid)):
+                            continue
+                    elif path.lstat().st_mtime > cutoff:
+                        continue
+                    size = _tree_size(path)
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed, freed = removed + 1, freed + size
+            dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+        if removed:
+            log.info("removed %d temporary entries (%.1f MB) of killed writes under %s", removed, freed / 1e6,
+                     folder_url)
+        return removed, freed
+
+    def staging_dir(self, folder_url: str) -> Path:
+        """A fresh private local folder to write a stage's outputs in before they are committed
+        to ``folder_url``: inside it on ``file://`` (same filesystem, so commits are renames),
+        under the scratch folder (:func:`scratch_root`) for ``s3://``."""
+        scheme, _ = _split(folder_url)
+        if scheme == "file":
+            parent = _local_path(folder_url)
+            parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=_tmp_prefix("stage-"), dir=parent))
+        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=scratch_root()))
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    size: int
+    stamp: str  # mtime_ns on a filesystem, ETag on S3
+
+
+SCRATCH_ENV = "CLCPLUS_SCRATCH_DIR"
+
+
+def scratch_root() -> Path:
+    """Local scratch space of s3:// writes; folders of processes that died are removed when a
+    new one is made (their name starts with the owner's process id)."""
+    root = _scratch_path()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_scratch(root)
+    return root
+
+
+def _scratch_path() -> Path:
+    return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir(), "clcplus-scratch"))
+
+
+def _remove_dead_scratch(root: Path) -> tuple[int, int]:
+    """Remove the scratch folders of dead processes; (entries removed, bytes freed)."""
+    removed = freed = 0
+    if not root.is_dir():
+        return 0, 0
+    for entry in root.iterdir():
+        pid = entry.name.partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                size = _tree_size(entry)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed, freed = removed + 1, freed + size
+    return removed, freed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
+    return True
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _fsync(path: Path) -> None:
@@ -584,7 +641,7 @@ def _file_create_if_absent(target: Path, data: bytes) -> bool:
         return False
     # Not mkstemp: its 0600 mode would stick to the target; this honours the umask like
     # write_bytes does.
-    tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
+    tmp = target.parent / f"{_tmp_prefix()}{uuid.uuid4().hex}-{target.name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -9,8 +9,10 @@
 2. The CUDA path's Mpx/s when torch sees a GPU.
 3. Peak memory of a classify task (the stage, in its own process) at two tile sizes, the larger
    a 25 km tile of 2500 x 2500 px plus halo. The time series of those tiles are the demo tiles'
-   real ones repeated to the size (a synthetic world of 25 km would take hours to build here);
-   the classify stage reads them as it reads any ingested tile.
+   real ones repeated to the size (a synthetic world of 25 km would take hours to build here),
+   written by a stand-in for the ingest stage (``REPEATED_INGEST``: same name and outputs, run
+   by the stage runner, so its record is a real ingest record); the classify stage reads them
+   as it reads any ingested tile.
 
     .venv/bin/python scripts/bench_inference.py [--home /tmp/clcplus-bench/inference] [--sizes 1000 2500]
 
@@ -29,15 +31,17 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.windows import Window
 
 from clcplus_ops import demo
 from clcplus_ops.classification import inference
-from clcplus_ops.classification.classify import TimeSeriesReader, load_model
+from clcplus_ops.classification.classify import CLASSIFY, load_model
 from clcplus_ops.config import load_config
 from clcplus_ops.embedded import write_embedded_config
-from clcplus_ops.plan import plan_tiles, stage_record_url, store_for, tile_url
-from clcplus_ops.sentinel2.ingest import feature_url, ingest_tile, provenance_url, valid_obs_url
+from clcplus_ops.locations import Locations
+from clcplus_ops.plan import DEFINE_TILE, PLAN_TILES, planned_tiles
+from clcplus_ops.runner import run_stage, stage_record, store_for
+from clcplus_ops.sentinel2.ingest import INGEST
+from clcplus_ops.stage import External, Stage, StageIO, Target
 from clcplus_ops.synthetic import build_world
 
 YEAR, PU = 2025, "DEMO1"
@@ -69,6 +73,19 @@ def eager_rate(model, x: np.ndarray, batch: int) -> float:
     return len(x) / best_of(run)
 
 
+def read_tile(config, tile_id: str) -> np.ndarray:
+    """The time series of an ingested tile's valid pixels (pixels, features, steps)."""
+    place = Locations(config).tile(YEAR, PU, tile_id)
+    with rasterio.open(place.valid_obs.removeprefix("file://")) as ds:
+        valid = ds.read(1) > 0
+    features = store_for(config).read_json(place.provenance)["features"]
+    stack = []
+    for name in features:
+        with rasterio.open(place.feature(name).removeprefix("file://")) as ds:
+            stack.append(ds.read()[:, valid])
+    return np.ascontiguousarray(np.stack(stack).transpose(2, 0, 1))
+
+
 def prepare(home: Path, tiles: int):
     config_path = write_embedded_config(home, home / "config.yaml")
     config = load_config(config_path)
@@ -77,20 +94,15 @@ def prepare(home: Path, tiles: int):
     dconfig = config.for_layout("demo")
     store = store_for(dconfig)
     _, model = load_model(dconfig, PU, YEAR, chosen["version"], store)
-    xs, bases = [], []
-    for tile in plan_tiles(config, "demo", PU, YEAR).tiles[:tiles]:
-        ingest_tile(dconfig, PU, YEAR, tile, store=store)
-        base = tile_url(dconfig, YEAR, PU, tile.tile_id)
-        provenance = store.read_json(provenance_url(base))
-        reader = TimeSeriesReader(base, provenance["features"])
-        size = provenance["grid"]["height"]
-        x, _ = reader.read(Window(0, 0, size, size))
-        reader.close()
-        xs.append(np.ascontiguousarray(x))
-        bases.append(base)
+    run_stage(PLAN_TILES, dconfig, Target("demo", YEAR, PU), store=store)
+    tile_ids = planned_tiles(dconfig, "demo", PU, YEAR, store)[:tiles]
+    for tile_id in tile_ids:
+        for stage in (DEFINE_TILE, INGEST):
+            run_stage(stage, dconfig, Target("demo", YEAR, PU, tile_id), store=store)
+    xs = [read_tile(dconfig, tile_id) for tile_id in tile_ids]
     print(f"model {PU} {chosen['version']} ({'trained now' if chosen['trained'] else 'registered earlier'}; hold-out "
           f"OA {100 * chosen['overall_accuracy']:.1f} %); input: {sum(map(len, xs)):,} px of {len(xs)} ingested tiles")
-    return config_path, dconfig, model, chosen["version"], np.concatenate(xs), bases[0]
+    return config_path, dconfig, model, chosen["version"], np.concatenate(xs), tile_ids[0]
 
 
 def rates(model, x: np.ndarray) -> None:
@@ -145,60 +157,59 @@ def cuda_rates(model, x: np.ndarray) -> None:
 
 
 def large_tile_config(config, size: int):
-    """The configuration of a grid of ``size`` px tiles (size x 10 m must divide 100 km), with
-    its own work root (tile ids of different grids can coincide)."""
-    grid = config.grid.model_copy(update={"tile_size_m": size * config.grid.pixel_size_m})
+    """The demo configuration with tiles of ``size`` px (size x 10 m must divide 100 km) and its
+    own work root (tile ids of different grids can coincide)."""
+    grid = config.demo.grid.model_copy(update={"tile_size_m": size * config.grid.pixel_size_m})
     store = config.store.model_copy(update={"work": f"{config.store.work}-tiles-{size}px"})
-    return config.model_copy(update={"grid": grid, "store": store})
+    return config.model_copy(update={"demo": config.demo.model_copy(update={"grid": grid}), "store": store})
 
 
-def write_large_tile(config, source_base: str, store):
-    """Tile r0c0 of 33TUL in ``config``'s grid, whose time series repeat the source tile's,
-    written as ingest writes them, with a record naming where they come from."""
-    from clcplus_ops.geo.tiles import tile_from_id, tile_id
-    from clcplus_ops.sentinel2.ingest import _feature_profile
-    from clcplus_ops.sentinel2.reading import tile_grid
-    from clcplus_ops.sentinel2.timeseries import NODATA
+def _repeat_prepare(ctx) -> External:
+    """The source: a demo tile ingested under the demo configuration's own work root."""
+    source_config = ctx.config.model_copy(update={"store": ctx.config.store.model_copy(
+        update={"work": ctx.config.store.work.removesuffix(f"-tiles-{ctx.options['size']}px")})})
+    source = Target("demo", YEAR, PU, ctx.options["source_tile"])
+    record = stage_record(source_config, INGEST, source, ctx.store)
+    if record is None:
+        raise RuntimeError(f"the source tile {source.tile_id} has no ingest record")
+    urls = {name: Locations(source_config).resolve(loc) for name, loc in record.outputs.items()}
+    return External(identity={"source": source.to_dict(), "fingerprint": record.fingerprint}, value=urls)
 
-    tile = tile_from_id(tile_id("33TUL", 0, 0, config.grid.tile_size_m), config.grid.tile_size_m)
-    grid = tile_grid(tile, config.grid.halo_px)
-    base = tile_url(config, YEAR, PU, tile.tile_id)
-    record_url = stage_record_url(base, "ingest")
-    if store.exists(record_url):
-        return tile
-    provenance = store.read_json(provenance_url(source_base))
-    outputs = {name: feature_url(base, name) for name in provenance["features"]}
-    outputs["valid_obs"] = valid_obs_url(base)
-    sources = {**{name: feature_url(source_base, name) for name in provenance["features"]},
-               "valid_obs": valid_obs_url(source_base)}
-    for name, url in outputs.items():
+
+def _repeat_compute(io: StageIO) -> dict:
+    """The source tile's time series repeated over this tile (plus halo), block by block."""
+    sources, grid = io.external, io.tile.grid(io.config.grid.halo_px)
+    provenance = json.loads(Path(sources["provenance"].removeprefix("file://")).read_text())
+    for name in [*provenance["features"], "valid_obs"]:
         with rasterio.open(sources[name].removeprefix("file://")) as src:
-            data = src.read()
-            descriptions = src.descriptions
+            data, descriptions, nodata = src.read(), src.descriptions, src.nodata
         rows, cols = data.shape[1:]
-        profile = _feature_profile(grid, data.shape[0], str(data.dtype), None if name == "valid_obs" else NODATA)
-        with store.local_write(url) as path, rasterio.open(path, "w", **profile) as out:
+        with io.raster(name, grid, data.shape[0], str(data.dtype), nodata, "features") as out:
             out.descriptions = descriptions
             for row, col, block in grid.blocks(256):
                 r = (row + np.arange(block.height)) % rows
                 c = (col + np.arange(block.width)) % cols
-                out.write(data[:, r[:, None], c[None, :]], window=Window(col, row, block.width, block.height))
-    store.write_json(provenance_url(base), {**provenance, "tile": tile.to_dict(),
-                                            "grid": {**provenance["grid"], "height": grid.height, "width": grid.width}})
-    store.write_record(record_url, stage="ingest", fingerprint=f"bench: repeats {source_base}",
-                       outputs=outputs, details={"bench": "time series repeated from a demo tile"})
-    return tile
+                out.write(data[:, r[:, None], c[None, :]], window=block.window_in(grid))
+    io.write_json("provenance", {**provenance, "tile": io.tile.to_dict(),
+                                 "grid": {**grid.to_dict(), "halo_px": io.config.grid.halo_px},
+                                 "bench": f"time series repeated from tile {io.options['source_tile']}"})
+    return {"bench": "time series repeated from a demo tile"}
+
+
+# A stand-in for the ingest stage: same name and outputs, run by the runner (its record is the
+# one classify reads), the scenes replaced by a demo tile's series.
+REPEATED_INGEST = Stage(name=INGEST.name, scope="tile", outputs=INGEST.outputs, prepare=_repeat_prepare,
+                        compute=_repeat_compute, options=("source_tile", "size"))
 
 
 def classify_child(config_path: str, size: int, version: str) -> None:
     """Runs in its own process: classify the large tile, print seconds and peak memory."""
-    from clcplus_ops.classification.classify import classify_tile
-    from clcplus_ops.geo.tiles import tile_from_id, tile_id
+    from clcplus_ops.geo.tiles import tile_id
 
-    config = large_tile_config(load_config(config_path).for_layout("demo"), size)
-    tile = tile_from_id(tile_id("33TUL", 0, 0, config.grid.tile_size_m), config.grid.tile_size_m)
+    config = large_tile_config(load_config(config_path), size)
+    target = Target("demo", YEAR, PU, tile_id("33TUL", 0, 0, size * config.grid.pixel_size_m))
     started = time.perf_counter()
-    result = classify_tile(config, PU, YEAR, tile, version, force=True)
+    result = run_stage(CLASSIFY, config, target, force=True, options={"model_version": version})
     seconds = time.perf_counter() - started
     # VmHWM: this process's peak resident memory since exec (ru_maxrss would include the parent's).
     status = Path("/proc/self/status").read_text()
@@ -206,19 +217,22 @@ def classify_child(config_path: str, size: int, version: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, **result}))
 
 
-def memory(config_path: Path, config, source_base: str, sizes: list[int], version: str) -> None:
+def memory(config_path: Path, config, source_tile: str, sizes: list[int], version: str) -> None:
     print("\n== 3. Peak memory of a classify task (own process, VmHWM) ==")
-    store = store_for(config)
+    from clcplus_ops.geo.tiles import tile_id
+
+    base = load_config(config_path)
     for size in sizes:
-        large = large_tile_config(config, size)
+        large = large_tile_config(base, size)
+        target = Target("demo", YEAR, PU, tile_id("33TUL", 0, 0, size * config.grid.pixel_size_m))
         started = time.perf_counter()
-        tile = write_large_tile(large, source_base, store)
+        run_stage(REPEATED_INGEST, large, target, options={"source_tile": source_tile, "size": size})
         written = time.perf_counter() - started
         out = subprocess.run([sys.executable, __file__, "--classify-child", str(size), "--home", str(config_path.parent),
                               "--version", version], check=True, capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         px = (size + 2 * config.grid.halo_px) ** 2
-        record = store.read_record(stage_record_url(tile_url(large, YEAR, PU, tile.tile_id), "classify"))
+        record = stage_record(large, CLASSIFY, target)
         print(f"tile {size} x {size} px (+ halo: {px:,} px; input written in {written:.0f} s): peak "
               f"{result['peak_mb']:,.0f} MB, {result['seconds']:.0f} s ({px / result['seconds']:,.0f} px/s overall; "
               f"read {record.details['read_s']:.0f} s, classify {record.details['compute_s']:.0f} s, write "
@@ -237,10 +251,10 @@ def main() -> None:
     if args.classify_child:
         classify_child(str(home / "config.yaml"), args.classify_child, args.version)
         return
-    config_path, config, model, version, x, source_base = prepare(home, args.tiles)
+    config_path, config, model, version, x, source_tile = prepare(home, args.tiles)
     rates(model, x)
     cuda_rates(model, x)
-    memory(config_path, config, source_base, args.sizes, version)
+    memory(config_path, config, source_tile, args.sizes, version)
 
 
 if __name__ == "__main__":

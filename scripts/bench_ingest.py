@@ -7,8 +7,9 @@ Targets (issue "Sentinel-2 ingestion"):
   (2500 x 2500 px, 25 km) fits in 8 GB.
 
 For each size it builds a synthetic world covering the tile and its halo (once; reused), then
-runs ``clcplus ingest`` in a fresh process and reads that process's peak resident memory
-(getrusage of the child). Both tiles are on the Slovenian coast (land and sea).
+runs the ``ingest`` stage (after ``define_tile``, its input) through the stage runner in a fresh
+process and reads that process's peak resident memory (getrusage of the child). Both tiles are
+on the Slovenian coast (land and sea), in the production unit PU084.
 
     .venv/bin/python scripts/bench_ingest.py [--root /tmp/clcplus-bench] [--sizes 500 2500]
 """
@@ -20,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,15 @@ from rasterio.windows import from_bounds
 
 from clcplus_ops.config import parse_config
 from clcplus_ops.geo.tiles import tile_from_id
-from clcplus_ops.plan import tile_url
+from clcplus_ops.locations import Locations
 from clcplus_ops.sentinel2 import ingest, timeseries
 from clcplus_ops.sentinel2.ingest import read_block
-from clcplus_ops.sentinel2.reading import tile_grid
 from clcplus_ops.sentinel2.scenes import StaticCatalogSource
 from clcplus_ops.store import Store
+from clcplus_ops.synthetic import build_world
 
 YEAR = 2025
-PU = "BENCH"
+PU = "PU084"  # the production unit of these tiles (ids are checked against the layout)
 # Tiles (size in px -> tile id at that tile size) around Piran/Izola, EPSG:32633.
 TILES = {500: "33TUL_r11c17", 1250: "33TUL_r5c8", 2500: "33TUL_r2c3"}
 
@@ -72,6 +72,22 @@ print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_cou
 """
 
 
+# The measured child: define_tile, then a forced ingest, through the stage runner.
+_INGEST = """
+import logging, sys
+from clcplus_ops.config import load_config
+from clcplus_ops.plan import DEFINE_TILE
+from clcplus_ops.runner import run_stage
+from clcplus_ops.sentinel2.ingest import INGEST
+from clcplus_ops.stage import Target
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+config = load_config(sys.argv[1])
+target = Target("production", int(sys.argv[3]), sys.argv[2], sys.argv[4])
+run_stage(DEFINE_TILE, config, target)
+print(run_stage(INGEST, config, target, force=True)["dates"], "dates", file=sys.stderr)
+"""
+
+
 def run_child(args: list[str]) -> tuple[float, float]:
     """Run a command; (wall seconds, peak RSS of that very process in GiB)."""
     launcher = subprocess.run([sys.executable, "-c", _MEASURE, *args], stdout=subprocess.PIPE, text=True, check=True)
@@ -84,11 +100,11 @@ def run_child(args: list[str]) -> tuple[float, float]:
 def check_exactness(config_data: dict, size_px: int) -> tuple[bool, bool, int]:
     config = parse_config(config_data)
     tile = tile_from_id(TILES[size_px], size_px * 10)
-    base = tile_url(config, YEAR, PU, tile.tile_id)
-    grid = tile_grid(tile, config.grid.halo_px)
-    with rasterio.open(ingest.valid_obs_url(base)[7:]) as ds:
+    place = Locations(config).tile(YEAR, PU, tile.tile_id)
+    grid = tile.grid(config.grid.halo_px)
+    with rasterio.open(place.valid_obs[7:]) as ds:
         counts = ds.read(1)
-    clear = f"{config.synthetic.root}/{YEAR}/truth/clear_count.tif"[7:]
+    clear = build_world(config, YEAR)["clear_count_url"][7:]  # current: only reads world.json
     with rasterio.open(clear) as ds:
         truth = ds.read(1, window=from_bounds(*grid.bounds, transform=ds.transform))
     counts_equal = counts.shape == truth.shape and bool((counts == truth).all())
@@ -115,7 +131,7 @@ def check_exactness(config_data: dict, size_px: int) -> tuple[bool, bool, int]:
     stored_equal = True
     names = timeseries.feature_names(config.sentinel2.bands, config.sentinel2.indices)
     for f, name in enumerate(names):
-        with rasterio.open(ingest.feature_url(base, name)[7:]) as ds:
+        with rasterio.open(place.feature(name)[7:]) as ds:
             stored = ds.read(window=((0, block.height), (0, block.width))).reshape(len(steps), -1)
         stored_equal &= bool((stored == reference[f]).all())
     return counts_equal, obs_equal and stored_equal, len(t)
@@ -136,7 +152,7 @@ def main() -> None:
         print(f"== {size} x {size} px tile {tile_id}: building the synthetic world (reused when current)", flush=True)
         gen_wall, gen_peak = run_child([clcplus, "--config", str(path), "synthetic", "build", str(YEAR)])
         print(f"== ingest {tile_id} in a fresh process", flush=True)
-        wall, peak = run_child([clcplus, "--config", str(path), "-v", "ingest", PU, str(YEAR), tile_id, "--force"])
+        wall, peak = run_child([sys.executable, "-c", _INGEST, str(path), PU, str(YEAR), tile_id])
         counts_equal, obs_equal, checked = check_exactness(data, size)
         px = (size + 16) ** 2
         rows.append((size, tile_id, wall, peak, px / wall, counts_equal, obs_equal, checked))

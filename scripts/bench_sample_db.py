@@ -25,6 +25,8 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
+from clcplus_ops.config import load_config
+from clcplus_ops.locations import Locations
 from clcplus_ops.model.sample_db import add_revisions, import_samples, load_sample_db
 from clcplus_ops.store import Store, as_url
 
@@ -76,7 +78,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-sample-db-") as tmp:
         csv_path = Path(tmp, "samples.csv")
-        root = as_url(Path(tmp, "sample_db"))
+        config = load_config()
+        # The sample DB of the configuration, with its samples root in the temporary folder.
+        root = Locations(config.model_copy(update={"store": config.store.model_copy(
+            update={"samples": as_url(Path(tmp, "samples"))})})).sample_db
         steps = Steps()
         print(f"{args.samples:,} samples, {args.reviews:,} review relabels, seed {args.seed}")
         steps.run("generate CSV (EPSG:3035)", lambda: write_csv(csv_path, args.samples, args.seed),

@@ -22,6 +22,7 @@ import datetime as dt
 import io
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,13 @@ import numpy as np
 from clcplus_ops.config import load_config
 from clcplus_ops.embedded import write_embedded_config
 from clcplus_ops.geo.layout import layout_index
+from clcplus_ops.locations import Locations
 from clcplus_ops.model import stages
 from clcplus_ops.model.sample_db import import_samples
+from clcplus_ops.model.stages import AUDIT, EVALUATE, EXTRACT, FINAL_FIT, REGISTER, REVIEW
 from clcplus_ops.model.trainer import TrainParams, fit
-from clcplus_ops.plan import store_for
+from clcplus_ops.runner import run_stage, store_for
+from clcplus_ops.stage import Target
 from clcplus_ops.synthetic import build_world
 from clcplus_ops.synthetic.samples import expert_decisions
 
@@ -51,7 +55,7 @@ def synthetic_audit(home: Path) -> None:
     started = time.perf_counter()
     world = build_world(config, YEAR)
     print(f"world {YEAR}: {'reused' if world['skipped'] else 'built'} in {time.perf_counter() - started:.0f} s")
-    import_samples(store, stages.sample_db_url(config), world["samples_csv_url"],
+    import_samples(store, Locations(config).sample_db, world["samples_csv_url"],
                    created=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     samples_csv = store.read_text(world["samples_csv_url"])
     truth = {r["sample_id"]: r for r in csv.DictReader(io.StringIO(samples_csv))}
@@ -60,24 +64,28 @@ def synthetic_audit(home: Path) -> None:
           f"to {t.epochs} epochs with early stopping; flagged = flagged in every round")
     pooled = {"flagged": 0, "true_positive": 0, "noisy": 0}
     for pu_id in [u["pu_id"] for u in layout_index(config.layout_path("demo"))]:
+        target = Target("demo", YEAR, pu_id)
         t0 = time.perf_counter()
-        extracted = stages.extract_pu_samples(config, "demo", pu_id, YEAR, store=store)
+        extracted = run_stage(EXTRACT, config, target, store=store)
         t1 = time.perf_counter()
-        before = stages.evaluate_pu(config, pu_id, YEAR, store=store)
-        audit = stages.audit_pu_labels(config, pu_id, YEAR, store=store)
+        before = run_stage(EVALUATE, config, target, store=store)
+        audit = run_stage(AUDIT, config, target, store=store)
         t2 = time.perf_counter()
-        flagged = {r["sample_id"] for r in csv.DictReader(io.StringIO(store.read_text(audit["flagged_csv"])))}
-        table_ids = stages.load_training_table(config, pu_id, YEAR, store).sample_ids
+        flagged_csv = store.read_text(audit["outputs"]["flagged_csv"])
+        flagged = {r["sample_id"] for r in csv.DictReader(io.StringIO(flagged_csv))}
+        table_ids = stages.load_training_table(config, target, store).sample_ids
         noisy = {sid for sid in table_ids if truth[sid]["mislabelled"] == "true"}
         tp = len(flagged & noisy)
         precision, recall = tp / max(len(flagged), 1), tp / max(len(noisy), 1)
         pooled["flagged"] += len(flagged)
         pooled["true_positive"] += tp
         pooled["noisy"] += len(noisy)
-        decisions = stages.store_uploaded_decisions(config, pu_id, YEAR, expert_decisions(store.read_text(audit["flagged_csv"]), samples_csv), "bench")
-        review = stages.apply_review(config, pu_id, YEAR, "decisions", decisions_url=decisions, reviewer="bench expert", store=store)
-        after = stages.evaluate_pu(config, pu_id, YEAR, store=store)
-        accuracy = store.read_json(stages.training_url(config, YEAR, pu_id, "evaluation", "accuracy.json"))["accuracy"]
+        decisions = stages.store_uploaded_decisions(config, pu_id, YEAR, expert_decisions(flagged_csv, samples_csv), "bench",
+                                                    store=store)
+        review = run_stage(REVIEW, config, target, store=store,
+                           options={"choice": "decisions", "decisions_url": decisions, "reviewer": "bench expert"})
+        after = run_stage(EVALUATE, config, target, store=store)
+        accuracy = store.read_json(after["outputs"]["accuracy"])["accuracy"]
         worst_om = max((v for v in accuracy["omission"].values() if v is not None), default=0)
         worst_com = max((v for v in accuracy["commission"].values() if v is not None), default=0)
         print(f"{pu_id}: {extracted['samples']} samples ({len(noisy)} mislabelled) extracted from {extracted['tiles']} tiles "
@@ -89,8 +97,8 @@ def synthetic_audit(home: Path) -> None:
               f"{'met' if before['targets_met'] else 'not met'}; after review: OA {after['overall_accuracy']:.1%}, "
               f"kappa {after['kappa']:.3f}, worst omission {worst_om:.1%}, worst commission {worst_com:.1%}, "
               f"targets {'MET' if after['targets_met'] else 'NOT met: ' + '; '.join(after['failures'])}")
-        fitted = stages.final_fit_pu(config, pu_id, YEAR, store=store)
-        registered = stages.register_pu_model(config, pu_id, YEAR, store=store)
+        fitted = run_stage(FINAL_FIT, config, target, store=store)
+        registered = run_stage(REGISTER, config, target, store=store)
         print(f"  final model: {fitted['samples']} samples, {fitted['epochs']} epochs (the hold-out run's best); registered {registered['version']} "
               f"at {registered['url']}")
     p = pooled["true_positive"] / max(pooled["flagged"], 1)
@@ -112,9 +120,10 @@ def formosat() -> None:
     x_train, y_train = _formosat("train_dataset.csv")
     x_test, y_test = _formosat("test_dataset.csv")
     print(f"train {x_train.shape}, test {x_test.shape}, {len(np.unique(y_train))} classes")
+    configured = TrainParams.from_config(load_config().training)
     for seed in (0, 1, 2):
         t0 = time.perf_counter()
-        model = fit(x_train, y_train, TrainParams(batch_size=32, seed=seed))
+        model = fit(x_train, y_train, replace(configured, batch_size=32, seed=seed))
         oa_cnn = float((model.predict(x_test) == y_test).mean())
         t1 = time.perf_counter()
         forest = RandomForestClassifier(n_estimators=500, random_state=seed, n_jobs=2)
@@ -134,8 +143,9 @@ def throughput() -> None:
     x = rng.integers(-2000, 9000, (20_000, 12, 54)).astype(np.int16)
     y = rng.integers(1, 12, 20_000)
     rates = {}
+    configured = TrainParams.from_config(load_config().training)
     for batch in (32, 128):
-        model = fit(x, y, TrainParams(epochs=2, batch_size=batch, validation_fraction=0), classes=range(1, 12))
+        model = fit(x, y, replace(configured, epochs=2, batch_size=batch, validation_fraction=0), classes=range(1, 12))
         rates[batch] = model.samples_per_second
         print(f"batch {batch}: {model.samples_per_second:,.0f} samples/s ({torch.get_num_threads()} threads)")
     flops = model.arch.flops_per_sample() * 3  # forward + backward ~ 3 forward passes

@@ -63,6 +63,56 @@ def demo_world() -> dict:
     return record
 
 
+TILE_WORLD_TILE = "33TUL_r22c37"  # a demo-grid tile (2.5 km) on the coast near Izola: land and sea
+TILE_WORLD_HALO = 8
+
+
+def tile_world_config(root: Path, **extra) -> "Config":
+    """The configuration of a one-tile synthetic world under ``root`` (demo layout), with
+    ``extra`` sections merged in (e.g. ``time_series={"block_px": 256}``)."""
+    from clcplus_ops.config import parse_config
+    from clcplus_ops.geo.tiles import tile_from_id
+
+    xmin, ymin, xmax, ymax = tile_from_id(TILE_WORLD_TILE, 2_500).bounds
+    pad = TILE_WORLD_HALO * 10
+    synthetic = (root / "synthetic").as_uri()
+    data = {
+        "store": {name: (root / name).as_uri() for name in ("work", "models", "samples", "products")},
+        "synthetic": {"root": synthetic, "bounds": [xmin - pad, ymin - pad, xmax + pad, ymax + pad],
+                      "epsg": 32633, "n_samples": 60},
+        "sentinel2": {"static_catalog": f"{synthetic}/{{year}}/catalog.json"},
+        "demo": {"grid": {"tile_size_m": 2500, "pu_buffer_m": 1000, "halo_px": TILE_WORLD_HALO}},
+    }
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data).for_layout("demo")
+
+
+@pytest.fixture(scope="session")
+def tile_world(tmp_path_factory) -> dict:
+    """One small synthetic world (one demo tile plus its halo, 2025, 60 samples), built once for
+    the session and shared by the tests that need scenes of a single tile. Tests write their
+    own work stores: take ``config(root)`` for a fresh root that reads this world."""
+    from clcplus_ops.synthetic import build_world
+
+    root = tmp_path_factory.mktemp("tile-world")
+    started = time.perf_counter()
+    record = build_world(tile_world_config(root), 2025)
+    FIGURES.append(f"synthetic world (one tile, 2025): {record['items']} items built in "
+                   f"{time.perf_counter() - started:.1f} s")
+
+    def config(work_root: Path | None = None, **extra):
+        """The world's configuration, with its work/models/samples/products under ``work_root``."""
+        cfg = tile_world_config(root, **extra)
+        if work_root is None:
+            return cfg
+        stores = {name: (work_root / name).as_uri() for name in ("work", "models", "samples", "products")}
+        return cfg.model_copy(update={"store": cfg.store.model_copy(update=stores)})
+
+    return {"root": root, "record": record, "config": config, "tile_id": TILE_WORLD_TILE,
+            "halo": TILE_WORLD_HALO, "year": 2025}
+
+
 @pytest.fixture(scope="session")
 def demo_model(demo_world) -> dict:
     """DEMO1's registered model, trained on the world's samples the way the demo does when the

@@ -4,6 +4,7 @@ scikit-image's ``denoise_bilateral``."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numba
@@ -13,7 +14,12 @@ import pytest
 from clcplus_ops.config import BilateralConfig
 from clcplus_ops.postprocessing.bilateral import BilateralParams, _exp_neg, bilateral_filter, filter_tile
 
-ATBD = BilateralParams()  # win_size 4, sigma_spatial 0.8, sigma_color 0.25
+ATBD = BilateralParams.from_config(BilateralConfig())  # the configured defaults: the ATBD's values
+
+
+def window(win_size: int) -> BilateralParams:
+    """The ATBD parameters with another window size."""
+    return dataclasses.replace(ATBD, win_size=win_size)
 
 
 def reference(prob: np.ndarray, valid: np.ndarray, params: BilateralParams) -> np.ndarray:
@@ -81,19 +87,19 @@ def test_float64_input_and_small_windows():
     assert out.dtype == np.float32
     assert np.nanmax(np.abs(out - reference(prob, valid, ATBD))) < 1e-6
     for win_size in (1, 2):  # extent 0: the window is the pixel itself
-        assert np.array_equal(bilateral_filter(prob, valid, BilateralParams(win_size)), np.where(valid, prob, np.nan).astype(np.float32),
+        assert np.array_equal(bilateral_filter(prob, valid, window(win_size)), np.where(valid, prob, np.nan).astype(np.float32),
                               equal_nan=True)
 
 
 def test_spatial_kernel_and_extent():
-    assert [BilateralParams(w).extent for w in range(1, 8)] == [0, 0, 1, 1, 2, 2, 3]
+    assert [window(w).extent for w in range(1, 8)] == [0, 0, 1, 1, 2, 2, 3]
     offsets, weights = ATBD.spatial_kernel()
     assert offsets.dtype == np.int64 and weights.dtype == np.float64
     assert offsets.tolist() == [[dr, dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]  # 3 x 3 for win_size 4
     assert weights[4] == 1.0
     assert np.array_equal(weights, weights[::-1])
     assert np.allclose(weights, np.exp(-(offsets**2).sum(1) / (2 * 0.8**2)), rtol=0, atol=1e-15)
-    assert len(BilateralParams(6).spatial_kernel()[0]) == 25
+    assert len(window(6).spatial_kernel()[0]) == 25
 
 
 @numba.njit
@@ -212,7 +218,7 @@ def read_boundless(prob, valid, r0, r1, c0, c1):
 
 @pytest.mark.parametrize("win_size, halo_px", [(4, 8), (4, 1), (6, 2), (6, 5)])
 def test_tiles_with_halo_mosaic_to_the_filtered_whole_exactly(win_size, halo_px):
-    params = BilateralParams(win_size)
+    params = window(win_size)
     prob = dirichlet_field(13, rows=200, cols=170, alpha=0.3)
     valid = random_mask(14, prob.shape[1:], 0.1)
     prob = with_nan(prob, valid)
@@ -235,8 +241,8 @@ def test_halo_smaller_than_the_window_extent_is_refused():
     with pytest.raises(ValueError, match="halo"):
         filter_tile(prob, None, ATBD, 0)
     with pytest.raises(ValueError, match="halo"):
-        filter_tile(prob, None, BilateralParams(6), 1)
-    assert filter_tile(prob, None, BilateralParams(2), 0).shape == prob.shape  # extent 0
+        filter_tile(prob, None, window(6), 1)
+    assert filter_tile(prob, None, window(2), 0).shape == prob.shape  # extent 0
 
 
 # --- not scikit-image's filter ----------------------------------------------------------------
@@ -308,7 +314,7 @@ def test_differs_from_scikit_image_denoise_bilateral():
 
 
 def test_params_from_config_and_to_dict():
-    assert BilateralParams.from_config(BilateralConfig()) == ATBD
+    assert ATBD.to_dict() == {"win_size": 4, "sigma_spatial": 0.8, "sigma_color": 0.25}  # ATBD 3.1.6 a
     params = BilateralParams.from_config(BilateralConfig(win_size=6, sigma_spatial=1.5, sigma_color=0.1))
     assert params.to_dict() == {"win_size": 6, "sigma_spatial": 1.5, "sigma_color": 0.1}
     assert params.extent == 2
@@ -318,18 +324,18 @@ def test_params_from_config_and_to_dict():
                                     dict(sigma_color=-0.1), dict(sigma_color=float("nan"))])
 def test_invalid_params_are_refused(kwargs):
     with pytest.raises(ValueError):
-        BilateralParams(**kwargs)
+        dataclasses.replace(ATBD, **kwargs)
 
 
 def test_invalid_inputs_are_refused():
     prob = dirichlet_field(17, rows=5, cols=6)
     with pytest.raises(ValueError, match="bands, rows, cols"):
-        bilateral_filter(prob[0])
+        bilateral_filter(prob[0], None, ATBD)
     with pytest.raises(ValueError, match="bands, rows, cols"):
-        bilateral_filter(prob[:0])
+        bilateral_filter(prob[:0], None, ATBD)
     with pytest.raises(ValueError, match="float32 or float64"):
-        bilateral_filter((prob * 100).astype(np.int16))
+        bilateral_filter((prob * 100).astype(np.int16), None, ATBD)
     with pytest.raises(ValueError, match="shape"):
-        bilateral_filter(prob, np.ones((6, 5), bool))
+        bilateral_filter(prob, np.ones((6, 5), bool), ATBD)
     with pytest.raises(ValueError, match="bool"):
-        bilateral_filter(prob, np.ones((5, 6), np.uint8))
+        bilateral_filter(prob, np.ones((5, 6), np.uint8), ATBD)

@@ -1,67 +1,152 @@
-"""Tile classification and bilateral filtering on the demo world with DEMO1's trained model:
-the fast inference paths against torch fp32 eager, the classify and filter stages (outputs,
-encoding, halo, re-runs, errors), and the exactness of the filtered tiles across tile edges."""
+"""Tile classification and bilateral filtering on two neighbouring tiles of the demo world: the
+fast inference paths against torch fp32 eager, the classify and filter stages through the runner
+(outputs, encoding, halo, re-runs, errors, damaged inputs), the exactness of the filtered tiles
+across tile edges, the PU join and the demo's map accuracy.
+
+Inference and filtering do not depend on how a model was trained, so these tests classify with a
+randomly initialised TempCNN (seeded, with random batch-norm statistics so that folding them is
+tested) registered in a registry of their own; only the bf16 agreement, a property of trained
+weights, uses the session's trained DEMO1 model."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
 import rasterio
-from rasterio.windows import Window
 
 from clcplus_ops.classification import inference
 from clcplus_ops.classification import probabilities as probs_io
-from clcplus_ops.classification.classify import ClassifyError, TimeSeriesReader, classify_tile, load_model
+from clcplus_ops.classification.classify import CLASSIFY, ClassifyError, load_model
 from clcplus_ops.config import load_config
+from clcplus_ops.demo import map_accuracy
+from clcplus_ops.errors import InvalidIdError, StageInputError
+from clcplus_ops.locations import Locations
+from clcplus_ops.model import registry
 from clcplus_ops.model.registry import ModelNotFoundError
-from clcplus_ops.plan import plan_tiles, stage_record_url, store_for, tile_url
+from clcplus_ops.plan import DEFINE_TILE, JOIN_TILES, PLAN_TILES, planned_tiles
 from clcplus_ops.postprocessing.bilateral import BilateralParams, bilateral_filter
-from clcplus_ops.postprocessing.filtering import FilterError, filter_tile_probabilities
-from clcplus_ops.sentinel2.ingest import ingest_tile
+from clcplus_ops.postprocessing.filtering import FILTER
+from clcplus_ops.runner import run_stage, stage_record, store_for
+from clcplus_ops.sentinel2.ingest import INGEST
+from clcplus_ops.sentinel2.timeseries import feature_names
+from clcplus_ops.stage import Target
+from clcplus_ops.store import as_url
 
-YEAR, PU = 2025, "DEMO1"
+YEAR, PU, LAYOUT = 2025, "DEMO1", "demo"
+
+
+def target(tile_id: str) -> Target:
+    return Target(LAYOUT, YEAR, PU, tile_id)
 
 
 @pytest.fixture(scope="module")
-def config():
-    return load_config().for_layout("demo")
+def config(demo_world, tmp_path_factory):
+    """The session's configuration (its synthetic world) with this module's own work store and
+    model registry, so the random model never reaches another test."""
+    root = tmp_path_factory.mktemp("classify")
+    base = load_config().for_layout(LAYOUT)
+    stores = {"work": as_url(root / "work"), "models": as_url(root / "models")}
+    return base.model_copy(update={"store": base.store.model_copy(update=stores)})
 
 
 @pytest.fixture(scope="module")
-def pair(config, demo_world):
-    """Two side-by-side tiles of one MGRS square, ingested."""
-    tiles = plan_tiles(load_config(), "demo", PU, YEAR).tiles
-    by_id = {t.tile_id: t for t in tiles}
-    for tile in tiles:
-        square, row, col = tile.tile_id.split("_")[0], tile.tile_id.split("_r")[1].split("c")[0], int(tile.tile_id.split("c")[-1])
-        right = by_id.get(f"{square}_r{row}c{col + 1}")
-        if right is not None:
+def pair(config):
+    """Two side-by-side tiles of one MGRS square, defined and ingested."""
+    run_stage(PLAN_TILES, config, Target(LAYOUT, YEAR, PU))
+    ids = set(planned_tiles(config, LAYOUT, PU, YEAR))
+    for tile_id in sorted(ids):
+        square, rc = tile_id.split("_")
+        row, col = rc[1:].split("c")
+        right = f"{square}_r{row}c{int(col) + 1:02d}"
+        if right in ids:
             break
     else:
         pytest.fail("DEMO1 has no two side-by-side tiles")
-    for t in (tile, right):
-        ingest_tile(config, PU, YEAR, t)
-    return tile, right
+    for t in (tile_id, right):
+        run_stage(DEFINE_TILE, config, target(t))
+        run_stage(INGEST, config, target(t))
+    return tile_id, right
+
+
+def read_features(config, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x int16 (valid pixels, features, steps), valid (rows, cols)) of an ingested tile, read
+    here with rasterio (not with the stage's reader)."""
+    place = Locations(config).tile(YEAR, PU, tile_id)
+    with rasterio.open(place.valid_obs.removeprefix("file://")) as ds:
+        valid = ds.read(1) > 0
+    s2 = config.sentinel2
+    stack = []
+    for name in feature_names(s2.bands, s2.indices):
+        with rasterio.open(place.feature(name).removeprefix("file://")) as ds:
+            stack.append(ds.read()[:, valid])
+    return np.ascontiguousarray(np.stack(stack).transpose(2, 0, 1)), valid
+
+
+def random_model(config, x: np.ndarray, seed: int = 0):
+    """An untrained TempCNN, the configured architecture made narrower (16 filters, 64 dense units:
+    the inference code is the same for any width, and it runs several times faster): seeded
+    random weights and batch-norm
+    affine terms; the normalisation and the batch-norm statistics are those of ``x`` (one forward
+    pass over a sample of it, no training), so that activations keep their spread and pixels get
+    different classes, and folding non-trivial statistics is tested."""
+    import torch
+
+    from clcplus_ops.model.tempcnn import Architecture, TempCNN
+    from clcplus_ops.model.trainer import Normaliser, TrainedModel, TrainParams
+
+    training = config.training
+    classes = sorted(config.codes.classes)
+    arch = Architecture(channels=x.shape[1], time_steps=x.shape[2], classes=len(classes),
+                        conv_layers=training.conv_layers, conv_filters=16, kernel_size=training.kernel_size,
+                        dense_units=64, dropout=training.dropout)
+    torch.manual_seed(seed)
+    net = TempCNN(arch)
+    normaliser = Normaliser.fit(x)
+    generator = torch.Generator().manual_seed(seed)
+    sample = x[torch.randperm(len(x), generator=generator)[:4096].numpy()]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.normal_(0.0, 0.2, generator=generator)
+            norm.reset_running_stats()
+            norm.momentum = None  # the running statistics become the sample's
+        net.train()
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        net(normaliser.apply(sample))
+        net.logits.weight.mul_(3.0)  # less flat probabilities
+    state = {name: value.clone() for name, value in net.state_dict().items()}
+    return TrainedModel(arch, classes, normaliser, state, TrainParams.from_config(training))
+
+
+def register(config, model, pu_id: str = PU) -> str:
+    """Register ``model`` as the next version of ``pu_id``'s model; returns the version."""
+    s2 = config.sentinel2
+    card = {"model": {"architecture": "TempCNN, untrained (test)", "classes": model.classes,
+                      "input": {"features": feature_names(s2.bands, s2.indices),
+                                "steps": len(config.time_series.steps(YEAR))}}}
+    registered = registry.register_model(store_for(config), Locations(config).models, pu_id,
+                                         {"model.pt": model.to_bytes()}, card)
+    return registered.version
 
 
 @pytest.fixture(scope="module")
-def features(config, pair, demo_model):
-    """DEMO1's model and the raw features of the first tile's valid pixels."""
-    store = store_for(config)
-    _, model = load_model(config, PU, YEAR, demo_model["version"], store)
-    base = tile_url(config, YEAR, PU, pair[0].tile_id)
-    provenance = store.read_json(f"{base}/ingest.json")
-    reader = TimeSeriesReader(base, provenance["features"])
-    size = provenance["grid"]["height"]
-    x, valid = reader.read(Window(0, 0, size, size))
-    reader.close()
-    return model, np.ascontiguousarray(x), valid
+def features(config, pair):
+    """The random model (registered as DEMO1's) and the raw features of the first tile."""
+    x, valid = read_features(config, pair[0])
+    model = random_model(config, x)
+    version = register(config, model)
+    return model, x, valid, version
 
 
 @pytest.fixture(scope="module")
-def classified(config, pair, demo_model):
-    results = [classify_tile(config, PU, YEAR, t, demo_model["version"]) for t in pair]
-    filtered = [filter_tile_probabilities(config, PU, YEAR, t) for t in pair]
+def classified(config, pair, features):
+    results = [run_stage(CLASSIFY, config, target(t)) for t in pair]
+    filtered = [run_stage(FILTER, config, target(t)) for t in pair]
     return results, filtered
 
 
@@ -70,19 +155,25 @@ def classified(config, pair, demo_model):
 
 
 def test_folded_fp32_matches_torch_eager(features, figure):
-    model, x, _ = features
+    model, x, _, _ = features
+    x = x[::8]  # torch eager is the slow part
     reference = model.predict_proba(x)
     fast = inference.create_engine(model, "cpu", "fp32").predict_proba(x)
     agreement = inference.compare(reference, fast)
-    figure(f"folded fp32 vs torch fp32 eager on {len(x):,} px of a trained model: top class "
+    figure(f"folded fp32 vs torch fp32 eager on {len(x):,} px of a random model: top class "
            f"{100 * agreement.top_class_agreement:.3f} %, max |dp| {agreement.max_probability_difference:.1e}")
     assert agreement.top_class_agreement == 1.0
     assert agreement.max_probability_difference < 1e-5
+    assert np.bincount(reference.argmax(axis=1)).max() < 0.5 * len(x)  # the model tells pixels apart
 
 
 @pytest.mark.skipif(not inference.native_bf16("cpu"), reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
-def test_bf16_agrees_with_fp32_eager_within_the_tolerances(features, figure):
-    model, x, _ = features
+def test_bf16_agrees_with_fp32_eager_on_a_trained_model(config, features, demo_model, figure):
+    """Agreement within the tolerances is a property of trained weights (confident, well-scaled
+    logits): this one check uses the session's trained DEMO1 model."""
+    session = load_config().for_layout(LAYOUT)
+    _, model = load_model(session, PU, YEAR, demo_model["version"], store_for(session))
+    x = features[1][::4]
     agreement = inference.compare(model.predict_proba(x), inference.create_engine(model, "cpu", "bf16").predict_proba(x))
     figure(f"bf16 vs torch fp32 eager on {len(x):,} px of a trained model: top class "
            f"{100 * agreement.top_class_agreement:.3f} %, max |dp| {agreement.max_probability_difference:.4f}")
@@ -90,7 +181,8 @@ def test_bf16_agrees_with_fp32_eager_within_the_tolerances(features, figure):
 
 
 def test_a_pixels_result_does_not_depend_on_its_batch(features):
-    model, x, _ = features
+    model, x, _, _ = features
+    x = x[::4]
     for precision in ("fp32", "bf16") if inference.native_bf16("cpu") else ("fp32",):
         engine = inference.create_engine(model, "cpu", precision, batch_px=1000)
         whole = engine.predict_proba(x)
@@ -102,7 +194,7 @@ def test_a_pixels_result_does_not_depend_on_its_batch(features):
 
 
 def test_engine_choice_is_automatic_and_overridable(features):
-    model, x, _ = features
+    model, x, _, _ = features
     auto = inference.create_engine(model)
     assert auto.device == ("cuda" if inference.cuda_available() else "cpu")
     assert auto.precision == ("bf16" if inference.native_bf16(auto.device) else "fp32")
@@ -122,49 +214,136 @@ def test_engine_choice_is_automatic_and_overridable(features):
 
 
 def test_probabilities_raster_covers_the_tile_with_its_halo(config, pair, classified, features):
-    store = store_for(config)
-    model, x, valid = features
-    base = tile_url(config, YEAR, PU, pair[0].tile_id)
-    with rasterio.open(probs_io.probabilities_url(base).removeprefix("file://")) as ds, \
-            rasterio.open(f"{base.removeprefix('file://')}/valid_obs.tif") as counts:
+    model, x, valid, version = features
+    place = Locations(config).tile(YEAR, PU, pair[0])
+    result = classified[0][0]
+    assert result["outputs"]["probabilities"] == place.probabilities
+    assert (result["model"], result["valid_pixels"]) == (version, int(valid.sum()))
+    with rasterio.open(place.probabilities.removeprefix("file://")) as ds, \
+            rasterio.open(place.valid_obs.removeprefix("file://")) as counts:
         assert (ds.count, ds.dtypes[0], ds.nodata) == (11, "uint16", probs_io.NODATA)
         assert (ds.transform, ds.shape, ds.crs) == (counts.transform, counts.shape, counts.crs)
         assert ds.descriptions[0] == "1 Sealed" and ds.tags()["scale"] == "0.0001"
+        assert ds.profile["blockxsize"] == config.rasters.probabilities.block_px
+        assert ds.tags()["model"] == f"{PU}/{version}"
         stored = ds.read()
-    assert ds.shape == (pair[0].shape[0] + 2 * config.grid.halo_px,) * 2
+    assert ds.shape == (250 + 2 * config.grid.halo_px,) * 2
     assert np.array_equal(stored[0] != probs_io.NODATA, valid)
     sums = stored[:, valid].astype(np.int64).sum(axis=0)
     assert np.abs(sums - probs_io.SCALE).max() <= 6  # 11 bands rounded to 1e-4 each
-    # The stored values are the engine's probabilities, encoded.
-    record = store.read_record(stage_record_url(base, "classify"))
+    # The stored values are the engine's probabilities of the features, encoded.
+    record = stage_record(config, CLASSIFY, target(pair[0]))
     engine = inference.create_engine(model, "cpu", record.details["engine"]["precision"])
     expected = np.rint(engine.predict_proba(x) * probs_io.SCALE).astype(np.uint16)
     assert np.array_equal(stored[:, valid].T, expected)
-    assert record.details["model"] == classified[0][0]["model"]
-    assert record.details["agreement"]["top_class_agreement"] >= 0.999
+    assert record.details["model"] == version and record.details["valid_pixels"] == len(x)
+    assert record.details["model_url"] == Locations(config).model(PU, version)
+    assert record.details["agreement"]["pixels"] > 0
+    assert {"read_s", "compute_s", "write_s", "pixels_per_second", "seconds"} <= set(record.details)
 
 
-def test_classify_reruns_skip_and_forced_runs_give_the_same_bytes(config, pair, classified, demo_model):
+def test_classify_reruns_skip_and_forced_runs_give_the_same_bytes(config, pair, classified):
     store = store_for(config)
-    url = probs_io.probabilities_url(tile_url(config, YEAR, PU, pair[0].tile_id))
+    url = Locations(config).tile(YEAR, PU, pair[0]).probabilities
     before = store.sha256(url)
-    assert classify_tile(config, PU, YEAR, pair[0], demo_model["version"])["skipped"]
-    assert not classify_tile(config, PU, YEAR, pair[0], demo_model["version"], force=True)["skipped"]
+    assert run_stage(CLASSIFY, config, target(pair[0]))["skipped"]
+    assert not run_stage(CLASSIFY, config, target(pair[0]), force=True)["skipped"]
     assert store.sha256(url) == before
-    assert filter_tile_probabilities(config, PU, YEAR, pair[0])["skipped"]
+    assert run_stage(FILTER, config, target(pair[0]))["skipped"]  # same probabilities: current
 
 
-def test_missing_model_or_time_series_fail_with_what_and_where(config, pair, tmp_path):
-    elsewhere = config.model_copy(update={"store": config.store.model_copy(update={"models": (tmp_path / "models").as_uri()})})
-    with pytest.raises(ModelNotFoundError, match=f"PU '{PU}'; looked in {(tmp_path / 'models').as_uri()}/{PU}"):
-        classify_tile(elsewhere, PU, YEAR, pair[0])
+def test_a_new_model_reclassifies_and_a_named_version_is_used(config, pair, classified, features, tmp_path):
+    model, x, _, version = features
+    other = config.model_copy(update={"store": config.store.model_copy(update={"models": as_url(tmp_path / "models")})})
+    assert register(other, model) == version  # the same weights as the module's registry holds
+    newer = register(other, random_model(config, x, seed=1))
+    result = run_stage(CLASSIFY, other, target(pair[0]))  # the latest: the new model
+    assert not result["skipped"] and result["model"] == newer
+    back = run_stage(CLASSIFY, other, target(pair[0]), options={"model_version": version})
+    assert not back["skipped"] and back["model"] == version
+    # The same version and weights, wherever registered, are the same model: current again.
+    assert run_stage(CLASSIFY, config, target(pair[0]))["skipped"]
+    assert run_stage(FILTER, config, target(pair[0]))["skipped"]
+
+
+def test_missing_model_or_time_series_fail_with_what_and_where(config, pair, classified, tmp_path):
+    elsewhere = config.model_copy(update={"store": config.store.model_copy(update={"models": as_url(tmp_path / "models")})})
+    with pytest.raises(ModelNotFoundError, match=f"PU '{PU}'; looked in {as_url(tmp_path / 'models')}/{PU}"):
+        run_stage(CLASSIFY, elsewhere, target(pair[0]))
     with pytest.raises(ModelNotFoundError, match="no model v0099"):
-        classify_tile(config, PU, YEAR, pair[0], "v0099")
-    other_work = config.model_copy(update={"store": config.store.model_copy(update={"work": (tmp_path / "work").as_uri()})})
-    with pytest.raises(ClassifyError, match="has no time series: no ingest record"):
-        classify_tile(other_work, PU, YEAR, pair[0])
-    with pytest.raises(FilterError, match="has no probabilities: no classify record"):
-        filter_tile_probabilities(other_work, PU, YEAR, pair[0])
+        run_stage(CLASSIFY, config, target(pair[0]), options={"model_version": "v0099"})
+    with pytest.raises(InvalidIdError, match="'v99' is not like v0001"):
+        run_stage(CLASSIFY, config, target(pair[0]), options={"model_version": "v99"})
+    assert {ModelNotFoundError, ClassifyError} <= set(CLASSIFY.permanent_errors)
+    other_work = config.model_copy(update={"store": config.store.model_copy(update={"work": as_url(tmp_path / "work")})})
+    with pytest.raises(StageInputError, match=f"classify {PU} {pair[0]} {YEAR}: no ingest record at .*; run ingest first"):
+        run_stage(CLASSIFY, other_work, target(pair[0]))
+    with pytest.raises(StageInputError, match="no classify record at .*; run classify first"):
+        run_stage(FILTER, other_work, target(pair[0]))
+
+
+def test_a_model_for_other_time_series_is_refused(config, pair, classified, features, tmp_path):
+    model, x, _, _ = features
+    other = config.model_copy(update={"store": config.store.model_copy(update={"models": as_url(tmp_path / "models")})})
+    s2 = config.sentinel2
+    card = {"model": {"input": {"features": feature_names(s2.bands, s2.indices)[:-1], "steps": 54}}}
+    registry.register_model(store_for(other), Locations(other).models, PU, {"model.pt": model.to_bytes()}, card)
+    with pytest.raises(ClassifyError, match=r"does not fit this configuration's time series: features: model"):
+        run_stage(CLASSIFY, other, target(pair[0]), force=True)
+
+
+READ_DAMAGED = """
+import sys
+import rasterio
+from rasterio.windows import Window
+from clcplus_ops.classification.classify import TimeSeriesReader
+from clcplus_ops.errors import StageInputError
+from clcplus_ops.stage import Input
+
+def opener(url):
+    return rasterio.open(url.removeprefix("file://"))
+
+def read_bytes(url):
+    return open(url.removeprefix("file://"), "rb").read()
+
+*features, valid_obs = sys.argv[1:]
+inputs = [Input("ingest", url.rsplit("/", 1)[1][:-4], url, opener, read_bytes) for url in features]
+try:
+    with TimeSeriesReader(inputs, Input("ingest", "valid_obs", valid_obs, opener, read_bytes)) as reader:
+        for row in range(0, reader.counts.height, 64):
+            reader.read(Window(0, row, reader.counts.width, min(64, reader.counts.height - row)))
+except StageInputError as error:
+    print(error)
+"""
+
+
+def test_a_damaged_feature_file_fails_naming_it(config, pair, classified, tmp_path):
+    """A truncated feature file: the stage refuses it before reading (its size is not the
+    recorded one), and the reader, given it anyway, fails naming the file, without crashing
+    (its threads end before the rasters are closed; it used to die with a segmentation fault).
+    The reader runs in a subprocess, so that a crash fails this test only."""
+    import subprocess
+    import sys
+
+    place = Locations(config).tile(YEAR, PU, pair[1])
+    path = place.feature("B08").removeprefix("file://")
+    saved = tmp_path / "B08.tif"
+    shutil.copyfile(path, saved)
+    try:
+        with open(path, "r+b") as fh:
+            fh.truncate(saved.stat().st_size // 2)
+        with pytest.raises(StageInputError, match=r"input of ingest is damaged: B08 has \d+ bytes, its record says"):
+            run_stage(CLASSIFY, config, target(pair[1]), force=True)
+        s2 = config.sentinel2
+        urls = [place.feature(name) for name in feature_names(s2.bands, s2.indices)]
+        done = subprocess.run([sys.executable, "-c", READ_DAMAGED, *urls, place.valid_obs], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, f"the reader crashed ({done.returncode}): {done.stderr[-2000:]}"
+        assert f"input B08 of ingest ({place.feature('B08')}) cannot be read: " in done.stdout
+        assert "failed" in done.stdout.split("cannot be read: ")[1]  # GDAL's reason, not rasterio's pointer to it
+    finally:
+        shutil.copyfile(saved, path)
+    assert run_stage(CLASSIFY, config, target(pair[1]))["skipped"]  # the restored file verifies again
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,20 +358,21 @@ def _read(url: str) -> tuple[np.ndarray, rasterio.Affine]:
 def test_filtered_tiles_mosaic_to_exactly_the_filtered_whole(config, pair, classified):
     """Two neighbouring tiles: their probabilities agree where their halos overlap, and their
     filtered cores equal the filter applied to the probabilities mosaicked first."""
-    left, right = pair
-    halo, reach = config.grid.halo_px, BilateralParams.from_config(config.bilateral).extent
-    (p_left, t_left), (p_right, t_right) = (_read(probs_io.probabilities_url(tile_url(config, YEAR, PU, t.tile_id)))
-                                            for t in pair)
-    size = left.shape[1]
+    params = BilateralParams.from_config(config.bilateral)
+    halo, reach = config.grid.halo_px, params.extent
+    places = [Locations(config).tile(YEAR, PU, t) for t in pair]
+    (p_left, t_left), (p_right, t_right) = (_read(place.probabilities) for place in places)
+    assert classified[1][0]["outputs"]["filtered"] == places[0].filtered
+    size = 250
     offset = round((t_right.c - t_left.c) / t_left.a)
     assert offset == size and t_right.f == t_left.f
     # The halos hold what the neighbour computes for the same pixels, bit for bit.
     assert np.array_equal(p_left[:, :, offset:], p_right[:, :, : p_left.shape[2] - offset])
     whole = np.concatenate([p_left[:, :, :offset], p_right], axis=2)
     probabilities, valid = probs_io.decode(whole)
-    expected = probs_io.encode(bilateral_filter(probabilities, valid, BilateralParams.from_config(config.bilateral)), valid)
-    for tile, shift in ((left, 0), (right, offset)):
-        filtered, transform = _read(probs_io.filtered_url(tile_url(config, YEAR, PU, tile.tile_id)))
+    expected = probs_io.encode(bilateral_filter(probabilities, valid, params), valid)
+    for place, shift in ((places[0], 0), (places[1], offset)):
+        filtered, transform = _read(place.filtered)
         assert filtered.shape[1:] == (size + 2 * (halo - reach),) * 2
         assert transform.c == (t_left.c + (shift + reach) * t_left.a)
         core = slice(halo - reach, halo - reach + size)
@@ -201,38 +381,65 @@ def test_filtered_tiles_mosaic_to_exactly_the_filtered_whole(config, pair, class
         assert np.array_equal(got, want)
 
 
-def test_filter_changes_little_and_keeps_probabilities(config, pair, classified):
-    store = store_for(config)
-    base = tile_url(config, YEAR, PU, pair[0].tile_id)
-    record = store.read_record(stage_record_url(base, "filter"))
-    filtered, _ = _read(probs_io.filtered_url(base))
+def test_filter_smooths_and_keeps_probabilities(config, pair, classified):
+    place = Locations(config).tile(YEAR, PU, pair[0])
+    record = stage_record(config, FILTER, target(pair[0]))
+    filtered, _ = _read(place.filtered)
     valid = filtered[0] != probs_io.NODATA
     assert np.abs(filtered[:, valid].astype(np.int64).sum(axis=0) - probs_io.SCALE).max() <= 6
-    assert record.details["top_class_changed"] < 0.01 * record.details["valid_pixels"]
+    assert record.details["valid_pixels"] == int(valid.sum())
     assert record.details["halo_px"] == config.grid.halo_px - 1
-    # It smooths: probabilities move (most where the classifier was unsure), the top class seldom.
-    unfiltered, _ = _read(probs_io.probabilities_url(base))
+    unfiltered, _ = _read(place.probabilities)
+    before = unfiltered[:, 1:-1, 1:-1].argmax(axis=0)[valid]
+    recount = int((before != filtered.argmax(axis=0)[valid]).sum())  # of the stored values: ties may differ
+    assert abs(record.details["top_class_changed"] - recount) <= 0.001 * valid.sum()
+    assert 0 < record.details["top_class_changed"] < record.details["valid_pixels"]
+    # It smooths: probabilities move.
     moved = np.abs(unfiltered[:, 1:-1, 1:-1].astype(np.int64) - filtered).max(axis=0)[valid]
     assert (moved > 10).mean() > 0.01
 
 
-def test_classify_and_filter_with_work_on_s3(config, pair, classified, demo_model, s3_server, s3_bucket):
+def test_classify_and_filter_with_work_on_s3(config, pair, classified, s3_server, s3_bucket):
     """Time series, probabilities and records on a real S3 API (moto server): GDAL reads the
-    features through /vsis3/ (also from the read-ahead thread) and the outputs match file://."""
+    features through /vsis3/ (also from the reading threads) and the outputs match file://."""
+    from s3_server import FAKE_CREDENTIALS
+
     from clcplus_ops.store import S3Settings, Store
 
-    bucket = s3_bucket[len("s3://"):].split("/")[0]
     on_s3 = config.model_copy(update={"store": config.store.model_copy(
-        update={"work": f"s3://{bucket}/work", "s3_endpoint_url": s3_server})})
-    store = Store(S3Settings(endpoint_url=s3_server, region=on_s3.store.s3_region))
-    tile = pair[0]
-    ingest_tile(on_s3, PU, YEAR, tile, store=store)
-    assert not classify_tile(on_s3, PU, YEAR, tile, demo_model["version"], store=store)["skipped"]
-    assert not filter_tile_probabilities(on_s3, PU, YEAR, tile, store=store)["skipped"]
+        update={"work": f"{s3_bucket}/work", "s3_endpoint_url": s3_server})})
+    # Credentials as plain settings, as a deployment hands them over (not from the environment).
+    store = Store(S3Settings(endpoint_url=s3_server, region=on_s3.store.s3_region,
+                             access_key_id=FAKE_CREDENTIALS["aws_access_key_id"],
+                             secret_access_key=FAKE_CREDENTIALS["aws_secret_access_key"]))
+    tile = target(pair[0])
+    for stage in (DEFINE_TILE, INGEST):
+        run_stage(stage, on_s3, tile, store=store)
+    classified_s3 = run_stage(CLASSIFY, on_s3, tile, store=store)
+    filtered_s3 = run_stage(FILTER, on_s3, tile, store=store)
+    assert not classified_s3["skipped"] and not filtered_s3["skipped"]
     local = store_for(config)
-    for url in (probs_io.probabilities_url, probs_io.filtered_url):
-        with store.local_read(url(tile_url(on_s3, YEAR, PU, tile.tile_id))) as path, rasterio.open(path) as ds:
-            on_s3_values = ds.read()
-        with local.local_read(url(tile_url(config, YEAR, PU, tile.tile_id))) as path, rasterio.open(path) as ds:
-            assert np.array_equal(on_s3_values, ds.read())
-    assert classify_tile(on_s3, PU, YEAR, tile, demo_model["version"], store=store)["skipped"]
+    for name, url in (("probabilities", classified_s3["outputs"]["probabilities"]),
+                      ("filtered", filtered_s3["outputs"]["filtered"])):
+        assert url.startswith("s3://")
+        local_url = classified[0 if name == "probabilities" else 1][0]["outputs"][name]
+        assert store.sha256(url) == local.sha256(local_url)
+    assert run_stage(CLASSIFY, on_s3, tile, store=store)["skipped"]
+
+
+# --------------------------------------------------------------------------------------------
+# The PU's join and the demo's map accuracy
+
+
+def test_join_and_map_accuracy_over_the_planned_tiles(config, pair, classified, demo_world):
+    plan = run_stage(PLAN_TILES, config, Target(LAYOUT, YEAR, PU), options={"only_tiles": list(pair)})
+    assert plan["tiles"] == 2
+    joined = run_stage(JOIN_TILES, config, Target(LAYOUT, YEAR, PU))
+    assert joined["tiles"] == 2 and not joined["skipped"]
+    assert sorted(store_for(config).read_json(joined["outputs"]["tiles_done"])["tiles"]) == sorted(pair)
+    assert run_stage(JOIN_TILES, config, Target(LAYOUT, YEAR, PU))["skipped"]
+    accuracy = map_accuracy(config, YEAR, PU, demo_world["truth_url"])
+    assert accuracy["tiles"] == 2 and accuracy["pixels"] > 0.9 * 2 * 250 * 250
+    for key in ("overall_accuracy_classified", "overall_accuracy_filtered", "changed_by_filter"):
+        assert 0 <= accuracy[key] <= 1
+    assert accuracy["changed_by_filter"] > 0  # the filtered map is read, not the classified one twice

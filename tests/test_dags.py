@@ -8,10 +8,13 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.param import ParamValidationError
 
-from clcplus_ops import plan
 from clcplus_ops.config import load_config
 from clcplus_ops.geo.layout import layout_index
+from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry
+from clcplus_ops.pipeline import CLASSIFY, DEFINE_TILE, INGEST, TILE_STAGES
+from clcplus_ops.runner import stage_record, store_for
+from clcplus_ops.stage import Target
 from conftest import REPO
 
 
@@ -39,18 +42,41 @@ def test_dagbag_imports_without_errors(dagbag):
     assert set(dagbag.dag_ids) == expected | {"clcplus_training", "clcplus_training_demo"}
 
 
+def test_parsing_the_dags_imports_no_torch():
+    """DAG files import the stage catalogue at parse time: no stage module may import torch
+    (or the like) at its top level."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'plugins'); import clcplus_ops.pipeline, clcplus_airflow.tasks, "
+            "clcplus_airflow.production, clcplus_airflow.training; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'cleanlab') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     dag = dagbag.get_dag("clcplus_pu_PU001")
-    stages = ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
+    config = load_config()
+    stages = [f"tile.{stage.name}" for stage in TILE_STAGES]  # the group is made from the declared stages
+    assert stages == ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
     assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles"}
     for upstream, downstream in zip(stages, stages[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
-        assert dag.get_task(downstream).map_index_template == "{{ tile_id }}"
-    assert "select_model" in dag.get_task("tile.classify").upstream_task_ids
-    assert dag.get_task("tile.classify").pool == load_config().inference.airflow_pool
+    for task_id in stages:
+        assert dag.get_task(task_id).map_index_template == "{{ tile_id }}"
+    assert dag.get_task("tile.classify").upstream_task_ids == {"plan_tiles", "select_model", "tile.ingest"}
+    assert "select_model" not in dag.get_task("tile.ingest").upstream_task_ids  # ingestion goes on without a model
+    assert dag.get_task("tile.classify").pool == config.inference.airflow_pool
+    assert dag.get_task("tile.ingest").pool == config.airflow.default_pool
     assert "tile.filter" in dag.get_task("join_tiles").upstream_task_ids
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
+    # Retries, retry delay and start date are the configuration's.
+    task = dag.get_task("tile.ingest")
+    assert task.retries == config.airflow.retries
+    assert task.retry_delay.total_seconds() == 60 * config.airflow.retry_delay_minutes
+    assert dag.start_date.date() == config.airflow.start_date
 
 
 def test_only_tiles_param_refuses_a_wrong_tile_id(dagbag):
@@ -81,35 +107,40 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     run = _run(dag)
     figure(f"dag.test clcplus_pu_DEMO1 (define, ingest, classify, filter every tile): {time.perf_counter() - started:.1f} s")
     assert run.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()]
-    config = load_config()
-    store = plan.store_for(config)
-    base = plan.pu_url(config, 2025, "DEMO1")
-    planned = store.read_json(f"{base}/plan.json")
+    config = load_config().for_layout("demo")
+    store = store_for(config)
+    locations = Locations(config)
+    pu = locations.pu(2025, "DEMO1")
+    planned = store.read_json(pu.plan)
     tile_ids = [t["tile_id"] for t in planned["tiles"]]
     assert planned["reference_year"] == 2025 and tile_ids
-    assert store.read_json(f"{base}/tiles_done.json")["tiles"] == tile_ids
+    assert store.read_json(pu.tiles_done)["tiles"] == tile_ids
     for task_id in ("tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"):
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
         assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)
-    first = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json")
-    ingested = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json")
+    target = Target("demo", 2025, "DEMO1", tile_ids[0])
+    first = stage_record(config, DEFINE_TILE, target)
+    ingested = stage_record(config, INGEST, target)
     assert ingested.details["dates"] > 50
-    classified = store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/classify.json")
-    latest = registry.resolve_model(store, config.store.models, "DEMO1").version
+    classified = stage_record(config, CLASSIFY, target)
+    latest = registry.resolve_model(store, locations.models, "DEMO1").version
     assert classified.details["model"] == latest
-    assert store.exists(f"{base}/tiles/{tile_ids[0]}/probabilities_filtered.tif")
+    assert store.exists(locations.tile(2025, "DEMO1", tile_ids[0]).filtered)
+    # What crossed XCom: the planned tile ids, and each stage's small summary.
+    plan_ti = next(ti for ti in run.get_task_instances() if ti.task_id == "plan_tiles")
+    assert plan_ti.xcom_pull(task_ids="plan_tiles") == tile_ids
 
     # A second run finds every tile current and rewrites nothing.
     again = _run(dag)
     assert again.state == "success"
-    assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/define_tile.json").created == first.created
-    assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/ingest.json").created == ingested.created
-    assert store.read_record(f"{base}/tiles/{tile_ids[0]}/_records/classify.json").created == classified.created
+    assert stage_record(config, DEFINE_TILE, target).created == first.created
+    assert stage_record(config, INGEST, target).created == ingested.created
+    assert stage_record(config, CLASSIFY, target).created == classified.created
 
     # A partial re-run of one tile plans just that tile.
     partial = _run(dag, {"only_tiles": [tile_ids[-1]]})
     assert partial.state == "success"
-    assert [t["tile_id"] for t in store.read_json(f"{base}/plan.json")["tiles"]] == [tile_ids[-1]]
+    assert [t["tile_id"] for t in store.read_json(pu.plan)["tiles"]] == [tile_ids[-1]]
 
     # A model version that is not registered fails the run before any tile is classified.
     missing = _run(dag, {"only_tiles": [tile_ids[-1]], "model_version": "v0099"})

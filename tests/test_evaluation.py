@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from clcplus_ops.config import CLASS_NAMES
+from clcplus_ops.config import CLASS_NAMES, Config
 from clcplus_ops.model.evaluation import (
     Accuracy,
     TargetCheck,
@@ -22,6 +23,8 @@ from clcplus_ops.model.evaluation import (
 )
 
 ALL_CLASSES = sorted(CLASS_NAMES)
+# The targets are a view of the configuration, whose defaults are the ATBD's.
+ATBD = Targets.from_config(Config().training)
 
 # Hand example, 3 classes, n = 40 (rows reference, columns predicted):
 #            pred 1  pred 2  pred 3 | ref total
@@ -102,7 +105,7 @@ def test_perfect_classification():
     # Classes absent from both sides have no statistics at all.
     assert acc.omission[5] is None and acc.commission[5] is None and acc.f1[5] is None
     assert acc.support[5] == 0
-    check = check_targets(acc, Targets())
+    check = check_targets(acc, ATBD)
     assert check.met and check.failures == []
     assert check.class_met[1] is True and check.class_met[5] is None
 
@@ -119,7 +122,7 @@ def test_class_never_predicted():
     assert acc.commission[3] is None and acc.user_accuracy[3] is None
     assert acc.omission[3] == 1.0 and acc.producer_accuracy[3] == 0.0
     assert acc.f1[3] == 0.0
-    check = check_targets(acc, Targets(overall_accuracy=0.5))
+    check = check_targets(acc, replace(ATBD, overall_accuracy=0.5))
     # Judged on omission (100 %), not on commission (undefined).
     assert check.failures == [
         "class 2 (Woody needle leaved trees) commission 50.0 % > 15.0 %",
@@ -134,7 +137,7 @@ def test_class_absent_from_reference():
     assert acc.support[3] == 0
     assert acc.omission[3] is None and acc.producer_accuracy[3] is None
     assert acc.commission[3] == 1.0 and acc.user_accuracy[3] == 0.0
-    check = check_targets(acc, Targets(overall_accuracy=0.5))
+    check = check_targets(acc, replace(ATBD, overall_accuracy=0.5))
     assert check.failures == [
         "class 2 (Woody needle leaved trees) omission 50.0 % > 15.0 %",
         "class 3 (Woody broadleaved deciduous trees) commission 100.0 % > 15.0 %",
@@ -142,7 +145,7 @@ def test_class_absent_from_reference():
 
 
 def test_targets_failing_lists_every_failure(hand):
-    check = check_targets(hand, Targets())
+    check = check_targets(hand, ATBD)
     assert not check.met
     assert check.failures == [
         "overall accuracy 77.5 % < 90.0 %",
@@ -165,7 +168,7 @@ def test_targets_met_exactly_at_the_limits():
     m = np.array([[17, 3, 0], [0, 36, 4], [3, 0, 37]])
     acc = accuracy_from_matrix(m, [1, 2, 3], CLASS_NAMES)
     assert acc.overall_accuracy == 0.9 and acc.omission[1] == 0.15 and acc.commission[1] == 0.15
-    check = check_targets(acc, Targets())
+    check = check_targets(acc, ATBD)
     assert check.met and check.failures == []
     assert check.to_dict() == {
         "met": True,
@@ -178,20 +181,22 @@ def test_targets_met_exactly_at_the_limits():
 def test_failure_text_never_reads_equal_to_the_limit():
     # Omission 0.1504 would print "15.0 % > 15.0 %" with one decimal.
     m = np.array([[8496, 1504], [0, 10000]])
-    check = check_targets(accuracy_from_matrix(m, [1, 2]), Targets(overall_accuracy=0.5))
+    check = check_targets(accuracy_from_matrix(m, [1, 2]), replace(ATBD, overall_accuracy=0.5))
     assert check.failures == ["class 1 omission 15.04 % > 15.0 %"]
 
 
 def test_targets_from_config_and_validation():
-    from clcplus_ops.config import Config
-
-    assert Targets.from_config(Config().training) == Targets()
+    assert ATBD == Targets(overall_accuracy=0.90, max_omission=0.15, max_commission=0.15)
+    training = Config().training.model_copy(update={"target_overall_accuracy": 0.85, "max_commission": 0.2})
+    assert Targets.from_config(training) == Targets(0.85, 0.15, 0.2)
+    with pytest.raises(TypeError):
+        Targets()  # no defaults of its own: the configuration holds them
     with pytest.raises(ValueError, match="max_omission"):
-        Targets(max_omission=15)
+        Targets(0.9, 15, 0.15)
 
 
 def test_report_contains_table_matrix_and_verdict(hand):
-    check = check_targets(hand, Targets())
+    check = check_targets(hand, ATBD)
     text = report_markdown(
         hand, check, title="Model evaluation PU 23",
         context={"Production unit": "PU 23", "Model version": "tempcnn-2023-01"},
@@ -214,7 +219,7 @@ def test_report_contains_table_matrix_and_verdict(hand):
 def test_report_of_a_passing_model_with_absent_classes():
     ref = np.array([1, 1, 2, 10])
     acc = accuracy(ref, ref, ALL_CLASSES, CLASS_NAMES)
-    text = report_markdown(acc, check_targets(acc, Targets()), title="t")
+    text = report_markdown(acc, check_targets(acc, ATBD), title="t")
     assert "**Targets met.**" in text
     assert "| 10 | Water | 1 | 100.0 % | 100.0 % | 0.0 % | 0.0 % | 1.000 | yes |" in text
     assert "| 11 | Snow and ice | 0 | – | – | – | – | – | – |" in text
@@ -269,7 +274,7 @@ def test_to_dict_from_dict_round_trip_through_json(hand):
     acc = accuracy([1, 2], [1, 1], [1, 2, 3], CLASS_NAMES)
     back = Accuracy.from_dict(json.loads(json.dumps(acc.to_dict())))
     assert back == acc and back.commission[2] is None and back.f1[3] is None
-    check = check_targets(acc, Targets())
+    check = check_targets(acc, ATBD)
     assert json.loads(json.dumps(check.to_dict()))["failures"] == check.failures
 
 
@@ -314,8 +319,8 @@ def test_float_codes_that_are_whole_numbers_are_accepted():
 
 
 def test_target_check_dataclass_minimal_construction():
-    # The two required fields suffice (defaults for targets and per-class verdicts).
-    check = TargetCheck(met=False, failures=["x"])
+    # The three required fields suffice (a default for the per-class verdicts).
+    check = TargetCheck(met=False, failures=["x"], targets=ATBD)
     assert check.to_dict()["failures"] == ["x"]
     text = report_markdown(accuracy([1], [1], [1]), check, title="t")
     assert "- x" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,21 +22,35 @@ from clcplus_ops.model.registry import (
     register_model,
     resolve_model,
 )
+from clcplus_ops.config import Config
+from clcplus_ops.errors import ClcplusError, InvalidIdError, PermanentError
+from clcplus_ops.locations import Locations
 from clcplus_ops.store import S3Settings, Store, as_url, join
 
 CREATED = datetime(2025, 6, 1, 12, 30, tzinfo=timezone.utc)
 
 
+def _locations(models_root: str) -> Locations:
+    """The locations of a configuration whose models root is ``models_root``: the registry's
+    version folders must be where :meth:`Locations.model` says they are."""
+    config = Config()
+    return Locations(config.model_copy(update={"store": config.store.model_copy(update={"models": models_root})}))
+
+
+def _version(root: str, pu: str, version: str) -> str:
+    return _locations(root).model(pu, version)
+
+
 @pytest.fixture
 def models(tmp_path: Path) -> tuple[Store, str]:
     """(store, models root) on the file:// backend."""
-    return Store(), as_url(tmp_path / "models")
+    return Store(), _locations(as_url(tmp_path / "models")).models
 
 
 @pytest.fixture(params=["file", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Store, str]:
     if request.param == "file":
-        return Store(), as_url(tmp_path / "models")
+        return Store(), _locations(as_url(tmp_path / "models")).models
     endpoint = request.getfixturevalue("s3_server")
     return Store(S3Settings(endpoint_url=endpoint)), join(
         request.getfixturevalue("s3_bucket"), "models"
@@ -74,7 +89,7 @@ def test_register_two_versions_and_resolve(models: tuple[Store, str]) -> None:
     first = _register(store, root, weights=b"weights one", created=CREATED)
     second = _register(store, root, weights=b"weights two")
     assert (first.version, second.version) == ("v0001", "v0002")
-    assert first.url == join(root, "DEMO1", "v0001") and first.pu_id == "DEMO1"
+    assert first.url == _version(root, "DEMO1", "v0001") and first.pu_id == "DEMO1"
     assert list_versions(store, root, "DEMO1") == ["v0001", "v0002"]
 
     latest = resolve_model(store, root, "DEMO1")
@@ -84,7 +99,7 @@ def test_register_two_versions_and_resolve(models: tuple[Store, str]) -> None:
     assert explicit == first
     assert read_artefact(store, explicit, "model.pt") == b"weights one"
     assert read_artefact(store, latest, "model.pt") == b"weights two"
-    assert explicit.artefact_url("model.pt") == join(root, "DEMO1", "v0001", "model.pt")
+    assert explicit.artefact_url("model.pt") in store.list(_version(root, "DEMO1", "v0001"))
 
     card = explicit.card
     assert card["pu_id"] == "DEMO1" and card["version"] == "v0001"
@@ -105,7 +120,7 @@ def test_register_two_versions_and_resolve(models: tuple[Store, str]) -> None:
     assert sorted(u.rsplit("/", 1)[1] for u in store.list(first.url)) == [
         "CLAIM", "MODEL_CARD.md", "model.pt", "model_card.json", "norm.json",
     ]
-    claim = store.read_json(join(first.url, "CLAIM"))
+    claim = store.read_json(join(first.url, registry.CLAIM))
     assert claim["created"] == card["created"] and claim["pid"] > 0 and claim["host"]
 
 
@@ -139,8 +154,9 @@ def test_incomplete_version_is_skipped_and_its_number_not_reused(
     store, root = models
     _register(store, root)
     # a run that claimed v0002 and died before writing its card
-    store.write_bytes(join(root, "DEMO1", "v0002", "CLAIM"), b"{}")
-    store.write_bytes(join(root, "DEMO1", "v0002", "model.pt"), b"half")
+    dead = _version(root, "DEMO1", "v0002")
+    store.write_bytes(join(dead, registry.CLAIM), b"{}")
+    store.write_bytes(join(dead, "model.pt"), b"half")
     assert list_versions(store, root, "DEMO1") == ["v0001"]
     assert resolve_model(store, root, "DEMO1").version == "v0001"
     with pytest.raises(ModelNotFoundError, match=r"v0002 is incomplete: no model_card.json"):
@@ -148,7 +164,7 @@ def test_incomplete_version_is_skipped_and_its_number_not_reused(
 
     assert _register(store, root).version == "v0003"
     assert list_versions(store, root, "DEMO1") == ["v0001", "v0003"]
-    assert store.read_bytes(join(root, "DEMO1", "v0002", "model.pt")) == b"half"
+    assert store.read_bytes(join(dead, "model.pt")) == b"half"
 
 
 def test_failed_registration_leaves_an_incomplete_version(
@@ -167,15 +183,16 @@ def test_failed_registration_leaves_an_incomplete_version(
     with pytest.raises(OSError, match="disk full"):
         _register(store, root)
     monkeypatch.undo()
-    assert store.exists(join(root, "DEMO1", "v0002", "CLAIM"))
-    assert not store.exists(join(root, "DEMO1", "v0002", "model_card.json"))
+    failed = _version(root, "DEMO1", "v0002")
+    assert store.exists(join(failed, registry.CLAIM))
+    assert not store.exists(join(failed, registry.CARD_JSON))
     assert resolve_model(store, root, "DEMO1").version == "v0001"
     assert _register(store, root).version == "v0003"
 
 
 def test_only_incomplete_versions_is_not_found(models: tuple[Store, str]) -> None:
     store, root = models
-    store.write_bytes(join(root, "DEMO1", "v0001", "CLAIM"), b"{}")
+    store.write_bytes(join(_version(root, "DEMO1", "v0001"), registry.CLAIM), b"{}")
     with pytest.raises(ModelNotFoundError, match=r"incomplete \(no model_card.json\): v0001"):
         resolve_model(store, root, "DEMO1")
     assert list_versions(store, root, "DEMO1") == []
@@ -219,8 +236,10 @@ def test_model_not_found_for_unknown_pu(models: tuple[Store, str]) -> None:
         resolve_model(store, root, "PU999")
     message = str(info.value)
     assert "'PU999'" in message and "latest" in message
-    assert join(root, "PU999") in message and "registered versions: none" in message
-    assert isinstance(info.value, LookupError)
+    assert f"looked in {root}/PU999" in message and "registered versions: none" in message
+    # An expected error (one line for the operator) that no retry cures; still a LookupError.
+    assert isinstance(info.value, LookupError) and isinstance(info.value, PermanentError)
+    assert isinstance(info.value, ClcplusError)
     assert (info.value.pu_id, info.value.version, info.value.versions) == ("PU999", "latest", [])
 
 
@@ -232,7 +251,7 @@ def test_model_not_found_for_unknown_version(models: tuple[Store, str]) -> None:
         resolve_model(store, root, "DEMO1", "v0007")
     message = str(info.value)
     assert "v0007" in message and "'DEMO1'" in message
-    assert join(root, "DEMO1", "v0007") in message
+    assert _version(root, "DEMO1", "v0007") in message
     assert "registered versions: v0001, v0002" in message
     assert info.value.versions == ["v0001", "v0002"]
 
@@ -240,7 +259,7 @@ def test_model_not_found_for_unknown_version(models: tuple[Store, str]) -> None:
 @pytest.mark.parametrize("version", ["1", "v1", "../v0001", "v0001/x", ""])
 def test_malformed_version_is_rejected(models: tuple[Store, str], version: str) -> None:
     store, root = models
-    with pytest.raises(ValueError, match="v0001"):
+    with pytest.raises(InvalidIdError, match="v0001"):
         resolve_model(store, root, "DEMO1", version)
 
 
@@ -250,6 +269,7 @@ def test_read_artefact_detects_tampering(models: tuple[Store, str]) -> None:
     store.write_bytes(model.artefact_url("model.pt"), b"evil weights!!!")
     with pytest.raises(RegistryError, match=r"model.pt.*does not match.*sha256") as info:
         read_artefact(store, model, "model.pt")
+    assert isinstance(info.value, ClcplusError)
     assert hashlib.sha256(b"genuine weights").hexdigest() in str(info.value)
     # the other artefact is still fine
     assert read_artefact(store, model, "norm.json") == b'{"mean": [1]}'
@@ -271,13 +291,13 @@ def test_unknown_artefact_names_the_present_ones(models: tuple[Store, str]) -> N
 def test_corrupt_or_foreign_card_is_a_registry_error(models: tuple[Store, str]) -> None:
     store, root = models
     model = _register(store, root)
-    card_url = join(model.url, "model_card.json")
+    card_url = join(model.url, registry.CARD_JSON)
     store.write_bytes(card_url, b"{not json")
     with pytest.raises(RegistryError, match="corrupt model card"):
         resolve_model(store, root, "DEMO1")  # the latest is corrupt: no silent fallback
     # a folder copied from another PU
     other = _register(store, root, "PU042")
-    store.write_bytes(card_url, store.read_bytes(join(other.url, "model_card.json")))
+    store.write_bytes(card_url, store.read_bytes(join(other.url, registry.CARD_JSON)))
     with pytest.raises(RegistryError, match=r"describes PU 'PU042'"):
         resolve_model(store, root, "DEMO1", "v0001")
 
@@ -288,11 +308,11 @@ def test_corrupt_or_foreign_card_is_a_registry_error(models: tuple[Store, str]) 
 @pytest.mark.parametrize("pu", ["", "PU/1", "../PU1", "PU 1", "PU1\n", None])
 def test_bad_pu_id_is_rejected(models: tuple[Store, str], pu: object) -> None:
     store, root = models
-    with pytest.raises(ValueError, match="PU id"):
+    with pytest.raises(InvalidIdError, match="PU id"):
         register_model(store, root, pu, {"m.pt": b"x"}, {})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="PU id"):
+    with pytest.raises(InvalidIdError, match="PU id"):
         resolve_model(store, root, pu)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="PU id"):
+    with pytest.raises(InvalidIdError, match="PU id"):
         list_versions(store, root, pu)  # type: ignore[arg-type]
 
 
@@ -358,7 +378,7 @@ def test_missing_package_is_reported_as_not_installed(monkeypatch: pytest.Monkey
 def test_markdown_card_has_metrics_software_and_artefacts(models: tuple[Store, str]) -> None:
     store, root = models
     model = _register(store, root, weights=b"weights", created=CREATED)
-    text = store.read_text(join(model.url, "MODEL_CARD.md"))
+    text = store.read_text(model.markdown_card_url)
     assert text.startswith("# CLCplus Backbone model: PU DEMO1, v0001\n")
     assert "| Created (UTC) | 2025-06-01T12:30:00+00:00 |" in text
     # training data
@@ -409,9 +429,9 @@ def test_round_trip_on_s3(s3_server: str, s3_bucket: str) -> None:
     first = _register(store, root, "PU042", weights=b"s3 weights 1", created=CREATED)
     second = _register(store, root, "PU042", weights=b"s3 weights 2")
     assert (first.version, second.version) == ("v0001", "v0002")
-    assert first.url == f"{s3_bucket}/models/PU042/v0001"
+    assert first.url == _version(root, "PU042", "v0001") == f"{s3_bucket}/models/PU042/v0001"
 
-    store.write_bytes(join(root, "PU042", "v0003", "CLAIM"), b"{}")  # incomplete
+    store.write_bytes(join(_version(root, "PU042", "v0003"), registry.CLAIM), b"{}")  # incomplete
     assert list_versions(store, root, "PU042") == ["v0001", "v0002"]
     latest = resolve_model(store, root, "PU042")
     assert latest == second
@@ -419,14 +439,14 @@ def test_round_trip_on_s3(s3_server: str, s3_bucket: str) -> None:
     old = resolve_model(store, root, "PU042", "v0001")
     assert old.card == first.card
     assert read_artefact(store, old, "model.pt") == b"s3 weights 1"
-    assert "91.23 %" in store.read_text(join(old.url, "MODEL_CARD.md"))
-    assert json.loads(store.read_bytes(join(old.url, "model_card.json"))) == first.card
+    assert "91.23 %" in store.read_text(old.markdown_card_url)
+    assert json.loads(store.read_bytes(join(old.url, registry.CARD_JSON))) == first.card
 
     assert _register(store, root, "PU042").version == "v0004"
     store.write_bytes(old.artefact_url("model.pt"), b"tampered")
     with pytest.raises(RegistryError, match="does not match"):
         read_artefact(store, old, "model.pt")
-    with pytest.raises(ModelNotFoundError, match=rf"{root}/PU042/v0009.*v0001, v0002, v0004"):
+    with pytest.raises(ModelNotFoundError, match=rf"{re.escape(_version(root, 'PU042', 'v0009'))}.*v0001, v0002, v0004"):
         resolve_model(store, root, "PU042", "v0009")
 
 

@@ -14,7 +14,11 @@ import pytest
 import shapely
 from pyproj import Transformer
 
+from clcplus_ops.config import Config
+from clcplus_ops.errors import ClcplusError
+from clcplus_ops.locations import Locations
 from clcplus_ops.model.sample_db import (
+    BATCHES,
     SampleDBError,
     SampleImportError,
     add_revisions,
@@ -34,9 +38,15 @@ def store() -> Store:
     return Store()
 
 
+def _sample_db(samples_root: str) -> str:
+    """The sample DB of a configuration whose samples root is ``samples_root``."""
+    config = Config()
+    return Locations(config.model_copy(update={"store": config.store.model_copy(update={"samples": samples_root})})).sample_db
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> str:
-    return join(as_url(tmp_path / "samples"), "sample_db")
+    return _sample_db(as_url(tmp_path / "samples"))
 
 
 def synthetic_csv(path: Path, n: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -53,7 +63,7 @@ def lonlat_csv(path: Path, rows: list[tuple], header: str = "sample_id,lon,lat,l
 
 
 def batches(store: Store, root: str) -> list[str]:
-    return store.list(join(root, "batches"))
+    return store.list(join(root, BATCHES))
 
 
 # ---- import ---------------------------------------------------------------------------------
@@ -65,7 +75,7 @@ def test_import_synthetic_csv(store: Store, root: str, tmp_path: Path, caplog: p
         summary = import_samples(store, root, tmp_path / "samples_2025.csv", created=T0)
     assert (summary.rows, summary.added, summary.relabelled, summary.unchanged) == (len(table), len(table), 0, 0)
     assert summary.batch_id.startswith("20250301T120000Z-import-") and len(summary.batch_id) == 32
-    assert summary.url == join(root, "batches", f"{summary.batch_id}.parquet")
+    assert summary.url == join(root, BATCHES, f"{summary.batch_id}.parquet")
     assert batches(store, root) == [summary.url]
     assert "ignoring column(s) true_label, mislabelled" in caplog.text
 
@@ -129,6 +139,8 @@ def test_import_from_a_store_url_and_unsupported_types(store: Store, root: str, 
     (tmp_path / "latin1.csv").write_bytes(b"sample_id,lon,lat,label\nM\xfcnchen,11.5,48.1,1\n")
     with pytest.raises(SampleDBError, match="cannot import latin1.csv: it is not UTF-8 text"):
         import_samples(store, root, tmp_path / "latin1.csv")
+    # An expected error: the command line prints its one line (and it stays a ValueError).
+    assert issubclass(SampleDBError, ClcplusError) and issubclass(SampleDBError, ValueError)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(SampleImportError, match="empty.csv line 1: the file is empty"):
         import_samples(store, root, tmp_path / "empty.csv")
@@ -469,17 +481,18 @@ def test_rewriting_an_existing_batch_is_a_no_op(store: Store, root: str, tmp_pat
 
 def test_s3_round_trip(s3_server: str, s3_bucket: str, tmp_path: Path) -> None:
     store = Store(S3Settings(endpoint_url=s3_server))
-    root = join(s3_bucket, "samples", "sample_db")
+    root = _sample_db(join(s3_bucket, "samples"))
+    assert root == f"{s3_bucket}/samples/sample_db"
     synthetic_csv(tmp_path / "samples.csv", n=100)
     staged = join(s3_bucket, "incoming", "samples.csv")
     store.write_bytes(staged, (tmp_path / "samples.csv").read_bytes())
     imported = import_samples(store, root, staged, created=T0)
     reviewed = add_revisions(store, root, [{"sample_id": "syn2025-000000", "status": "excluded", "reason": "r"}],
                              author="e", created=T1)
-    assert store.list(join(root, "batches")) == [imported.url, reviewed.url]
+    assert batches(store, root) == [imported.url, reviewed.url]
     assert imported.url.startswith("s3://")
     db = load_sample_db(store, root)
     local = as_url(tmp_path / "local")
     import_samples(Store(), local, tmp_path / "samples.csv", created=T0)
-    assert store.read_bytes(imported.url) == Store().read_bytes(join(local, "batches", f"{imported.batch_id}.parquet"))
+    assert store.read_bytes(imported.url) == Store().read_bytes(join(local, BATCHES, f"{imported.batch_id}.parquet"))
     assert len(db) == 100 and len(db.active()) == 99 and list(db.history("syn2025-000000")["revision"]) == [1, 2]

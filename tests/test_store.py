@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -14,11 +16,12 @@ import pytest
 import rasterio
 from affine import Affine
 
+from clcplus_ops.errors import ClcplusError
 from clcplus_ops.store import (
     S3Settings,
-    StageRecord,
     Store,
     StoreError,
+    StoreUnreachableError,
     as_url,
     fingerprint,
     join,
@@ -310,7 +313,7 @@ def test_geotiff_through_local_write_and_read(backend: tuple[Store, str]) -> Non
             np.testing.assert_array_equal(src.read(1), data)
 
 
-# ---- fingerprints and stage records --------------------------------------------------------
+# ---- fingerprints --------------------------------------------------------
 
 
 def test_fingerprint_stable_and_sensitive() -> None:
@@ -334,84 +337,128 @@ def test_fingerprint_rejects_non_json() -> None:
         fingerprint(stage="s", inputs={"u": object()}, params={}, version="1")
 
 
-def _stage(store: Store, root: str) -> tuple[str, dict[str, str]]:
-    outputs = {"map": join(root, "out", "map.tif"), "stats": join(root, "out", "stats.json")}
-    store.write_bytes(outputs["map"], b"raster")
-    store.write_json(outputs["stats"], {"n": 1})
-    return join(root, "out", "_record.json"), outputs
+# ---- committing files and checking them cheaply ----------------------------------------------
 
 
-def test_record_round_trip_and_is_current(
-    backend: tuple[Store, str], caplog: pytest.LogCaptureFixture
+def test_stat_gives_size_and_a_stamp_that_changes_with_the_content(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    url = join(root, "s", "x.bin")
+    store.write_bytes(url, b"12345")
+    first = store.stat(url)
+    assert first.size == 5 and first.stamp
+    assert store.stat(url) == first  # stable while unchanged
+    if url.startswith("file://"):
+        os.utime(url[len("file://"):], ns=(0, 1_000_000_000))  # a rewrite moves the mtime
+    store.write_bytes(url, b"54321")
+    second = store.stat(url)
+    assert second.size == 5 and second.stamp != first.stamp
+    with pytest.raises(FileNotFoundError, match=join(root, "s", "none.bin")):
+        store.stat(join(root, "s", "none.bin"))
+
+
+def test_put_file_moves_or_uploads_whole_files(backend: tuple[Store, str], tmp_path: Path) -> None:
+    store, root = backend
+    staging = store.staging_dir(join(root, "tile"))
+    local = staging / "out.tif"
+    local.write_bytes(b"new" * 1000)
+    url = join(root, "tile", "sub", "out.tif")
+    store.write_bytes(url, b"old")
+    stamp = store.put_file(local, url)
+    assert store.read_bytes(url) == b"new" * 1000
+    assert stamp == store.stat(url) and stamp.size == 3000
+    if url.startswith("file://"):
+        assert not local.exists()  # renamed, not copied: same filesystem as the target
+        assert os.stat(staging).st_dev == os.stat(Path(url[len("file://"):])).st_dev
+    with pytest.raises(FileNotFoundError):
+        store.put_file(tmp_path / "missing.tif", join(root, "tile", "never.tif"))
+    assert not store.exists(join(root, "tile", "never.tif"))
+
+
+def test_staging_dir_is_private_and_hidden(backend: tuple[Store, str]) -> None:
+    store, root = backend
+    folder = join(root, "tile")
+    one, two = store.staging_dir(folder), store.staging_dir(folder)
+    assert one != two and one.is_dir() and two.is_dir()
+    (one / "x.tif").write_bytes(b"x")
+    if folder.startswith("file://"):
+        # inside the destination folder (commits are renames) and named as a temporary
+        assert one.parent == Path(folder[len("file://"):])
+        assert one.name.startswith(f".clcplus-tmp-{os.getpid()}@")
+    assert store.list(root) == []  # never listed as an artefact
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_remove_temporaries_of_dead_processes(tmp_path: Path) -> None:
+    from clcplus_ops import store as store_module
+
+    store, folder = Store(), tmp_path / "tile"
+    prefix, host = store_module._TMP_PREFIX, store_module._HOST
+    dead = _dead_pid()
+    mine = store.staging_dir(as_url(folder))  # this live process's
+    (folder / "features").mkdir()
+    (folder / "features" / "B01.tif").write_bytes(b"artefact")
+    killed = folder / f"{prefix}{dead}@{host}@stage-x"
+    killed.mkdir()
+    (killed / "B01.tif").write_bytes(b"x" * 700)
+    (folder / "features" / f"{prefix}{dead}@{host}@0-B02.tif").write_bytes(b"y" * 300)
+    young_foreign = folder / f"{prefix}1@elsewhere@stage-y"
+    young_foreign.mkdir()
+    old_foreign = folder / f"{prefix}1@elsewhere@stage-z"
+    old_foreign.write_bytes(b"z" * 50)
+    stamp = time.time() - store_module.FOREIGN_TMP_AGE_S - 1
+    os.utime(old_foreign, (stamp, stamp))
+
+    assert store.remove_temporaries(as_url(folder)) == (3, 1050)
+    assert sorted(p.name for p in folder.rglob("*")) == sorted(
+        ["features", "B01.tif", mine.name, young_foreign.name])
+    assert store.remove_temporaries(as_url(folder)) == (0, 0)
+    assert store.remove_temporaries(as_url(tmp_path / "nothing")) == (0, 0)
+
+
+def test_remove_temporaries_on_s3_clears_the_scratch_of_dead_processes(
+    s3_store: Store, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, root = backend
-    record_url, outputs = _stage(store, root)
-    fp = fingerprint(stage="classify", inputs={}, params={"k": 1}, version="1")
-    assert store.read_record(record_url) is None
-    assert not store.is_current(record_url, fp)
+    from clcplus_ops import store as store_module
 
-    rec = store.write_record(record_url, stage="classify", fingerprint=fp, outputs=outputs,
-                             details={"pixels": 64, "seconds": 0.5})
-    assert rec.checksums == {u: store.sha256(u) for u in outputs.values()}
-    assert rec.created.endswith("+00:00")
-    assert store.read_record(record_url) == rec
-    assert StageRecord.from_dict(rec.to_dict()) == rec
-
-    with caplog.at_level(logging.INFO, logger="clcplus_ops.store"):
-        assert store.is_current(record_url, fp)
-        assert store.is_current(record_url, fp, verify_checksums=True)
-    assert "skip: stage classify is current" in caplog.text
-    assert not store.is_current(record_url, "0" * 64)
+    monkeypatch.setenv(store_module.SCRATCH_ENV, str(tmp_path / "scratch"))
+    staging = s3_store.staging_dir(join(s3_bucket, "tile"))
+    assert staging.parent == tmp_path / "scratch"
+    leftover = tmp_path / "scratch" / f"{_dead_pid()}-abc"
+    leftover.mkdir()
+    (leftover / "x.tif").write_bytes(b"x" * 10)
+    assert s3_store.remove_temporaries(join(s3_bucket, "tile")) == (1, 10)
+    assert sorted((tmp_path / "scratch").iterdir()) == [staging]
 
 
-def test_is_current_false_when_output_deleted(backend: tuple[Store, str]) -> None:
-    store, root = backend
-    record_url, outputs = _stage(store, root)
-    store.write_record(record_url, stage="s", fingerprint="fp", outputs=outputs)
-    store.delete(outputs["map"])
-    assert not store.is_current(record_url, "fp")
+@pytest.mark.parametrize("parts", [("..",), ("a", "..", "b"), ("a/../../etc",), (".",), ("./x",)])
+def test_join_refuses_dot_segments(parts: tuple[str, ...]) -> None:
+    for root in ("file:///data/work", "s3://bucket/work"):
+        with pytest.raises(StoreError, match="refusing the path segment"):
+            join(root, *parts)
+    assert join("s3://bucket/work", "a..b", ".c") == "s3://bucket/work/a..b/.c"
 
 
-def test_is_current_detects_tampering_only_when_verifying(backend: tuple[Store, str]) -> None:
-    store, root = backend
-    record_url, outputs = _stage(store, root)
-    store.write_record(record_url, stage="s", fingerprint="fp", outputs=outputs)
-    store.write_bytes(outputs["map"], b"tampered")
-    assert store.is_current(record_url, "fp")
-    assert not store.is_current(record_url, "fp", verify_checksums=True)
+def test_an_unreachable_store_is_an_error_not_a_missing_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    store = Store(S3Settings(endpoint_url="http://127.0.0.1:9"))
+    url = "s3://bucket/work/_records/ingest.json"
+    for op in (store.read_bytes, store.exists, store.stat):
+        with pytest.raises(StoreUnreachableError, match="S3 store unreachable for s3://bucket/work"):
+            op(url)
+    assert issubclass(StoreUnreachableError, StoreError) and issubclass(StoreError, ClcplusError)
 
 
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"{not json",
-        b'{"stage": "s"}',
-        b"[1, 2]",
-        b"\xff\xfe",
-        b'{"stage": "s", "fingerprint": "fp", "created": "t", "checksums": {}, "outputs": [1]}',
-    ],
-)
-def test_corrupt_record_is_not_current(
-    backend: tuple[Store, str], caplog: pytest.LogCaptureFixture, content: bytes
-) -> None:
-    store, root = backend
-    record_url, _ = _stage(store, root)
-    store.write_bytes(record_url, content)
-    with caplog.at_level(logging.WARNING, logger="clcplus_ops.store"):
-        assert not store.is_current(record_url, "fp")
-    assert record_url in caplog.text and "corrupt" in caplog.text
-    with pytest.raises(StoreError, match="corrupt"):
-        store.read_record(record_url)
-
-
-def test_write_record_requires_all_outputs(backend: tuple[Store, str]) -> None:
-    store, root = backend
-    record_url, outputs = _stage(store, root)
-    missing = join(root, "out", "never.tif")
-    with pytest.raises(StoreError, match=r"output 'extra' does not exist at " + missing):
-        store.write_record(record_url, stage="s", fingerprint="fp",
-                           outputs={**outputs, "extra": missing})
-    assert not store.exists(record_url)
+def test_settings_never_show_credentials() -> None:
+    settings = S3Settings(endpoint_url="http://s3.local", access_key_id="AKIDSECRET", secret_access_key="hush",
+                          session_token="tok")
+    assert "AKIDSECRET" not in repr(settings) and "hush" not in repr(settings) and "tok" not in repr(settings)
+    assert settings.to_dict()["secret_access_key"] == "hush"
 
 
 # ---- write_bytes_if_absent -----------------------------------------------------------------

@@ -111,6 +111,36 @@ def test_bounds_snap_outward_to_20_m(tmp_path: Path) -> None:
     assert grid.bounds == (390000, 5040000, 390640, 5040640)
 
 
+def test_world_grids_are_grids_aligned_with_the_granules_and_the_tiles() -> None:
+    """The world's arrays, windows and COGs are :class:`Grid` grids: the 10 and 20 m grids nest,
+    a granule's window is its Grid's window in the arrays, and the demo tiles' grids (with halo)
+    lie on the world's 10 m grid."""
+    from clcplus_ops.geo.grid import Grid
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.tiles import tiles_for_pu
+
+    config = parse_config({})
+    world = resolve_area(config)
+    arrays10, arrays20 = world.array_grid(10), world.array_grid(20)
+    assert arrays10.shape == world.shape(10) == (2 * arrays20.height, 2 * arrays20.width)
+    assert arrays10.bounds == arrays20.bounds == world.inner_bounds
+    rows, cols = world.world_window(10)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == world.world_grid(10).shape == world.world_shape(10)
+    for granule in granules_for(world):
+        for res in (10, 20):
+            expected = Grid.from_bounds(world.epsg, granule.bounds, res).window_in(world.array_grid(res)).toslices()
+            assert world.window(granule.bounds, res) == expected
+    grid = config.for_layout("demo").grid
+    tiles = [t for pu in load_layout(config.layout_path("demo")).values()
+             for t in tiles_for_pu(pu, grid.tile_size_m, grid.pu_buffer_m, grid.pixel_size_m)]
+    for tile in tiles:
+        assert world.world_grid(10).contains(tile.grid(grid.halo_px))
+    with pytest.raises(ValueError, match="not on the 20 m grid"):
+        world.window((390010, 5040000, 390640, 5040640), 20)
+    with pytest.raises(ValueError, match="leaves the world"):
+        world.window((380000, 5040000, 390640, 5040640), 20)
+
+
 def test_platforms_alternate_and_s2c_replaces_s2a() -> None:
     acqs = acquisitions(dt.date(2024, 10, 1), dt.date(2026, 4, 1), 5)
     assert 105 <= len(acqs) <= 112

@@ -13,13 +13,25 @@ import time
 import pytest
 
 from clcplus_ops.config import load_config
+from clcplus_ops.errors import InvalidIdError
+from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry, stages
 from clcplus_ops.model.sample_db import import_samples, load_sample_db
-from clcplus_ops.plan import store_for
+from clcplus_ops.pipeline import AUDIT, EVALUATE, EXTRACT, FINAL_FIT, REGISTER, REVIEW, TRAINING_STAGES
+from clcplus_ops.runner import run_stage, stage_record, store_for
+from clcplus_ops.stage import Target
 from clcplus_ops.synthetic.samples import expert_decisions
 from conftest import REPO
 
 YEAR, PU, DAG_ID = 2025, "DEMO1", "clcplus_training_demo"
+TARGET = Target("demo", YEAR, PU)
+
+
+def output_url(config, stage, name: str) -> str:
+    """The URL of a committed output of a training stage of DEMO1 (from its record)."""
+    record = stage_record(config, stage, TARGET)
+    assert record is not None, f"{stage.name} has not run"
+    return Locations(config).resolve(record.outputs[name])
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +63,15 @@ def test_training_dags_take_the_production_units_as_a_param(dagbag):
 
     dag = dagbag.get_dag("clcplus_training")
     chain = ["extract", "audit", "expert_review", "apply_review", "evaluate", "final_fit", "register"]
+    # The chain is made from the declared training stages, with the expert's review before "review".
+    assert [s.name for s in TRAINING_STAGES] == ["extract", "audit", "review", "evaluate", "final_fit", "register"]
     assert sorted(t for t in dag.task_ids if t.startswith("pu.")) == sorted(f"pu.{t}" for t in chain)
     for upstream, downstream in zip(chain, chain[1:]):
         assert f"pu.{downstream}" in dag.get_task(f"pu.{upstream}").downstream_task_ids
     assert type(dag.get_task("pu.expert_review")).__name__ == "HITLOperator"
+    assert dag.get_task("pu.expert_review").retries == 0
+    assert dag.get_task("pu.evaluate").retries == load_config().airflow.training_retries
+    assert dag.get_task("pu.register").map_index_template == "{{ pu_id }}"
     units = dag.params.get_param("production_units")
     assert units.resolve(["PU001", "PU002"]) == ["PU001", "PU002"]
     for bad in ([], ["NOPE"], ["PU001", "PU001"]):
@@ -101,16 +118,16 @@ def answer_reviews(api, answer, timeout=600):
 def trained(dagbag, api, demo_world):
     config = load_config().for_layout("demo")  # what the demo training DAG's tasks run with
     store = store_for(config)
-    imported = import_samples(store, stages.sample_db_url(config), demo_world["samples_csv_url"],
+    imported = import_samples(store, Locations(config).sample_db, demo_world["samples_csv_url"],
                               created=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     # Other tests (the PU DAG's model) may have imported them and registered a model first.
     assert imported.added + imported.unchanged == load_config().synthetic.n_samples
-    versions_before = registry.list_versions(store, config.store.models, PU)
+    versions_before = registry.list_versions(store, Locations(config).models, PU)
     truth = _truth(demo_world)
 
     def answer(detail):
-        audit = store.read_json(stages.training_url(config, YEAR, PU, "audit", "audit.json"))
-        decisions = expert_decisions(store.read_text(audit["flagged_csv"]), store.read_text(demo_world["samples_csv_url"]))
+        flagged = store.read_text(output_url(config, AUDIT, "flagged_csv"))
+        decisions = expert_decisions(flagged, store.read_text(demo_world["samples_csv_url"]))
         return "Apply uploaded decisions", {"decisions_url": None, "decisions_csv": decisions}
 
     thread, errors, answered = answer_reviews(api, answer)
@@ -119,7 +136,7 @@ def trained(dagbag, api, demo_world):
     seconds = time.perf_counter() - started
     thread.join(5)
     assert not errors, errors
-    version = registry.resolve_model(store, config.store.models, PU).version
+    version = registry.resolve_model(store, Locations(config).models, PU).version
     assert version not in versions_before
     return {"run": run, "answered": answered, "seconds": seconds, "config": config, "store": store, "truth": truth,
             "version": version}
@@ -135,19 +152,20 @@ def test_training_dag_runs_every_stage_with_the_expert_review(trained, figure):
         assert states[f"pu.{task_id}"][0] == "success"
     assert states["pu.register"][1] == PU
     detail = trained["answered"][0]
-    audit = trained["store"].read_json(stages.training_url(trained["config"], YEAR, PU, "audit", "audit.json"))
+    config = trained["config"]
+    audit = trained["store"].read_json(output_url(config, AUDIT, "summary"))
     assert detail["subject"] == f"Label audit {PU} {YEAR}: {audit['flagged']} of {audit['samples']} samples flagged"
-    assert audit["flagged_csv"] in detail["body"] and audit["rounds"] == 2
+    assert output_url(config, AUDIT, "flagged_csv") in detail["body"] and audit["rounds"] == 2
+    assert output_url(config, AUDIT, "decisions_template") in detail["body"]
 
 
 def test_review_decisions_became_sample_db_revisions(trained):
     config, store, truth = trained["config"], trained["store"], trained["truth"]
-    review = store.read_json(stages.training_url(config, YEAR, PU, "review.json"))
+    review = store.read_json(output_url(config, REVIEW, "review"))
     assert review["choice"] == "decisions" and review["reviewer"] == "expert"
     assert review["decisions_url"].endswith(".csv") and store.exists(review["decisions_url"])
-    db = load_sample_db(store, stages.sample_db_url(config))
-    flagged = list(csv.DictReader(io.StringIO(store.read_text(
-        stages.training_url(config, YEAR, PU, "audit", "flagged.csv")))))
+    db = load_sample_db(store, Locations(config).sample_db)
+    flagged = list(csv.DictReader(io.StringIO(store.read_text(output_url(config, AUDIT, "flagged_csv")))))
     relabelled = [r["sample_id"] for r in flagged if truth[r["sample_id"]]["mislabelled"] == "true"]
     assert relabelled and review["revisions"] == len(relabelled)
     for sid in relabelled:
@@ -160,15 +178,15 @@ def test_review_decisions_became_sample_db_revisions(trained):
 
 def test_evaluation_report_and_registered_model(trained):
     config, store = trained["config"], trained["store"]
-    accuracy = store.read_json(stages.training_url(config, YEAR, PU, "evaluation", "accuracy.json"))
+    accuracy = store.read_json(output_url(config, EVALUATE, "accuracy"))
     assert accuracy["test"] == pytest.approx(0.2 * accuracy["samples"], abs=11)
     assert 0 <= accuracy["accuracy"]["overall_accuracy"] <= 1 and "met" in accuracy["targets"]
-    report = store.read_text(stages.training_url(config, YEAR, PU, "evaluation", "report.md"))
+    report = store.read_text(output_url(config, EVALUATE, "report"))
     assert "Confusion matrix" in report or "confusion matrix" in report.lower()
-    png = store.read_bytes(stages.training_url(config, YEAR, PU, "evaluation", "confusion_matrix.png"))
+    png = store.read_bytes(output_url(config, EVALUATE, "confusion_matrix"))
     assert png.startswith(b"\x89PNG")
 
-    model = registry.resolve_model(store, config.store.models, PU)
+    model = registry.resolve_model(store, Locations(config).models, PU)
     assert model.version == trained["version"]
     card = model.card
     assert card["training_data"]["hash"] == accuracy["data_hash"]
@@ -183,43 +201,56 @@ def test_evaluation_report_and_registered_model(trained):
 
 def test_rerunning_stages_skips_and_never_overwrites_a_registered_version(trained):
     config, store = trained["config"], trained["store"]
-    assert stages.extract_pu_samples(config, "demo", PU, YEAR, store=store)["tiles_skipped"] > 0
-    assert stages.evaluate_pu(config, PU, YEAR, store=store)["skipped"]
-    assert stages.final_fit_pu(config, PU, YEAR, store=store)["skipped"]
-    again = stages.register_pu_model(config, PU, YEAR, store=store)
+    assert run_stage(EXTRACT, config, TARGET, store=store)["skipped"]
+    assert run_stage(EVALUATE, config, TARGET, store=store)["skipped"]
+    assert run_stage(FINAL_FIT, config, TARGET, store=store)["skipped"]
+    # Registering the same model again returns its version (the registry now knows it, so the
+    # stage runs once more and records that); from then on the stage is current.
+    again = run_stage(REGISTER, config, TARGET, store=store)
     assert again["already_registered"] and again["version"] == trained["version"]
+    third = run_stage(REGISTER, config, TARGET, store=store)
+    assert third["skipped"] and third["version"] == trained["version"]
+    forced = run_stage(REGISTER, config, TARGET, store=store, force=True)
+    assert forced["already_registered"] and forced["version"] == trained["version"]
     # A new final model (forced refit with another seed) gets the next version; the DAG's stays as it was.
-    first = registry.resolve_model(store, config.store.models, PU, trained["version"])
+    models = Locations(config).models
+    first = registry.resolve_model(store, models, PU, trained["version"])
     before = registry.read_artefact(store, first, "model.pt")
     other = config.model_copy(update={"training": config.training.model_copy(update={"seed": 7})})
-    stages.evaluate_pu(other, PU, YEAR, store=store)
-    stages.final_fit_pu(other, PU, YEAR, store=store)
+    run_stage(EVALUATE, other, TARGET, store=store)
+    run_stage(FINAL_FIT, other, TARGET, store=store)
     following = f"v{int(trained['version'][1:]) + 1:04d}"
-    assert stages.register_pu_model(other, PU, YEAR, store=store)["version"] == following
+    assert run_stage(REGISTER, other, TARGET, store=store)["version"] == following
     assert registry.read_artefact(store, first, "model.pt") == before
 
 
 def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(trained):
     config, store = trained["config"], trained["store"]
-    flagged = list(csv.DictReader(io.StringIO(store.read_text(
-        stages.training_url(config, YEAR, PU, "audit", "flagged.csv")))))
-    url = stages.training_url(config, YEAR, PU, "audit", "bad-decisions.csv")
+    flagged = list(csv.DictReader(io.StringIO(store.read_text(output_url(config, AUDIT, "flagged_csv")))))
+    url = Locations(config).training(YEAR, PU).file("audit", "bad-decisions.csv")
     store.write_text(url, "sample_id,decision,label,comment\n"
                           f"{flagged[0]['sample_id']},relabel,14,\n"
                           "nosuchsample,keep,,\n"
                           f"{flagged[0]['sample_id']},maybe,,\n")
-    batches = len(load_sample_db(store, stages.sample_db_url(config)).batch_ids)
+    sample_db = Locations(config).sample_db
+    batches = len(load_sample_db(store, sample_db).batch_ids)
+    review = stage_record(config, REVIEW, TARGET, store)
+
+    def apply(**options):
+        return run_stage(REVIEW, config, TARGET, store=store, options=options)
+
     with pytest.raises(stages.TrainingError) as error:
-        stages.apply_review(config, PU, YEAR, "decisions", decisions_url=url, store=store)
+        apply(choice="decisions", decisions_url=url)
     message = str(error.value)
     assert "line 2: relabel needs a class code" in message
     assert "line 3: sample 'nosuchsample' was not flagged" in message
     assert "line 4" in message and "'maybe'" in message
-    assert len(load_sample_db(store, stages.sample_db_url(config)).batch_ids) == batches
+    assert len(load_sample_db(store, sample_db).batch_ids) == batches
+    assert stage_record(config, REVIEW, TARGET, store) == review  # the committed review stays as it was
     with pytest.raises(stages.TrainingError, match="not one of"):
-        stages.apply_review(config, PU, YEAR, "approve", store=store)
+        apply(choice="approve")
     with pytest.raises(stages.TrainingError, match="needs the URL"):
-        stages.apply_review(config, PU, YEAR, "decisions", store=store)
+        apply(choice="decisions")
 
 
 def test_a_unit_without_samples_fails_with_a_clear_message(tmp_path):
@@ -227,10 +258,10 @@ def test_a_unit_without_samples_fails_with_a_clear_message(tmp_path):
 
     root = tmp_path / "store"
     config = parse_config({"store": {n: (root / n).as_uri() for n in ("work", "models", "samples", "products")}})
-    with pytest.raises(stages.TrainingError, match="no active sample inside the PU"):
-        stages.extract_pu_samples(config.for_layout("demo"), "demo", "DEMO2", YEAR)
-    with pytest.raises(stages.TrainingError, match="not in the demo layout"):
-        stages.extract_pu_samples(config.for_layout("demo"), "demo", "NOPE", YEAR)
+    with pytest.raises(stages.TrainingError, match="no active sample inside"):
+        run_stage(EXTRACT, config, Target("demo", YEAR, "DEMO2"))
+    with pytest.raises(InvalidIdError, match="not in the demo layout"):
+        run_stage(EXTRACT, config, Target("demo", YEAR, "NOPE"))
 
 
 def test_holdout_is_stratified_and_keeps_polygons_on_one_side():

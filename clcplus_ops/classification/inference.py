@@ -14,7 +14,8 @@ An :class:`InferenceEngine` computes the same softmax probabilities faster:
   otherwise the engine falls back to fp32 for that tile and says so.
 
 Pixels are processed in mini-batches small enough for the CPU caches (``batch_px``); the
-result of a pixel does not depend on the batch it is in.
+result of a pixel does not depend on the batch it is in (on a GPU every batch is padded to
+``batch_px`` pixels, since cuDNN and cuBLAS choose their kernels by shape).
 """
 
 from __future__ import annotations
@@ -157,9 +158,17 @@ class InferenceEngine:
         dtype = _DTYPES[self.precision]
         with torch.inference_mode(), _exact_fp32(self.device):
             for start in range(0, len(x), self.batch_px):
-                batch = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_px]))
+                chunk = np.ascontiguousarray(x[start:start + self.batch_px])
+                n = len(chunk)
+                if self.device == "cuda" and n < self.batch_px:
+                    # On a GPU every batch has the same shape: cuDNN and cuBLAS pick their kernels
+                    # by shape, so a short last batch would change its pixels' results (measured
+                    # on an H200: up to 2e-6 in fp32, 2e-3 in bf16) and a pixel's result would
+                    # depend on the batch it is in (tiles' halos would no longer match).
+                    chunk = np.concatenate([chunk, np.zeros((self.batch_px - n, *chunk.shape[1:]), chunk.dtype)])
+                batch = torch.from_numpy(chunk)
                 probs = self._folded.probabilities(batch.to(self.device, non_blocking=True), dtype)
-                out[start:start + len(batch)] = probs.cpu().numpy()
+                out[start:start + n] = probs[:n].cpu().numpy()
         return out
 
 

@@ -3,8 +3,10 @@
 Encoding: uint16, value = round(probability x 10 000), so a stored value is within 5e-5 of the
 computed probability (the 11 bands of a pixel sum to 10 000 within +-6). 65535 marks pixels
 without data (never a valid Sentinel-2 observation). Band i holds class code ``classes[i]``;
-its description is the class name. Tiles are written in 256 px blocks, zstd-compressed with a
-horizontal predictor (most probabilities are near 0 or 1 and compress well).
+its description is the class name. The GeoTIFF profile (block size, compression, level,
+predictor) is the configuration's ``rasters.probabilities`` (by default 256 px blocks, zstd with
+a horizontal predictor: most probabilities are near 0 or 1 and compress well); stages write
+through ``StageIO.raster(..., kind="probabilities")``, which applies it.
 
 Both the classifier's output (``probabilities.tif``, on the tile grid with the ingestion halo)
 and the bilateral filter's (``probabilities_filtered.tif``, on a halo narrower by the filter's
@@ -17,21 +19,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from clcplus_ops.sentinel2.reading import Grid
-from clcplus_ops.store import join
-
 SCALE = 10_000
 NODATA = 65535
 DTYPE = "uint16"
-BLOCK_PX = 256
 
 
-def probabilities_url(tile_base: str) -> str:
-    return join(tile_base, "probabilities.tif")
-
-
-def filtered_url(tile_base: str) -> str:
-    return join(tile_base, "probabilities_filtered.tif")
+def encoding() -> dict:
+    """The encoding, as stages put it in their fingerprint."""
+    return {"dtype": DTYPE, "scale": 1 / SCALE, "nodata": NODATA}
 
 
 def encode(probabilities: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -45,16 +40,6 @@ def decode(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float32 probabilities (bands, rows, cols), valid (rows, cols)) of stored values."""
     valid = encoded[0] != NODATA
     return encoded.astype(np.float32) / np.float32(SCALE), valid
-
-
-def profile(grid: Grid, n_classes: int) -> dict:
-    """rasterio profile of a probability raster on ``grid``."""
-    return {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": n_classes, "dtype": DTYPE,
-        "nodata": NODATA, "crs": f"EPSG:{grid.epsg}", "transform": grid.transform, "tiled": True,
-        "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX, "compress": "zstd", "zstd_level": 3, "predictor": 2,
-        "interleave": "pixel", "BIGTIFF": "IF_SAFER",
-    }
 
 
 def describe(writer, classes: Sequence[int], names: Mapping[int, str], **tags: str) -> None:

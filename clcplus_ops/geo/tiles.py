@@ -64,6 +64,12 @@ class ProcessingTile:
         xmin, _, _, ymax = self.bounds
         return (float(xmin), float(self.pixel_size_m), 0.0, float(ymax), 0.0, -float(self.pixel_size_m))
 
+    def grid(self, halo_px: int = 0):
+        """The tile's pixel grid extended by ``halo_px`` pixels on every side."""
+        from clcplus_ops.geo.grid import Grid
+
+        return Grid.from_bounds(self.epsg, tuple(float(v) for v in self.bounds), self.pixel_size_m).pad(halo_px)
+
     def to_dict(self) -> dict:
         record = asdict(self)
         record.update(crs=self.crs, shape=list(self.shape), bounds=list(self.bounds), transform=list(self.transform))

@@ -30,7 +30,7 @@ class AuditResult:
     times_flagged: np.ndarray        # (samples,) rounds in which Cleanlab flagged the sample
     probabilities: np.ndarray        # (samples, classes) mean out-of-sample probabilities
     flagged_per_round: list[int]
-    filter_by: str = "low_self_confidence"
+    filter_by: str  # Cleanlab's filter (``training.label_audit_filter``)
 
     @property
     def flagged(self) -> np.ndarray:
@@ -63,8 +63,7 @@ def out_of_sample_probabilities(
     return probabilities
 
 
-def flag_label_issues(y: np.ndarray, probabilities: np.ndarray, classes: Sequence[int],
-                      filter_by: str = "low_self_confidence") -> np.ndarray:
+def flag_label_issues(y: np.ndarray, probabilities: np.ndarray, classes: Sequence[int], filter_by: str) -> np.ndarray:
     """Cleanlab's confident-learning filter ``filter_by`` on out-of-sample probabilities.
 
     Cleanlab wants labels 0..k-1 with every class present; classes of the model that no
@@ -87,12 +86,14 @@ def audit_labels(
     classes: Sequence[int],
     rounds: int,
     folds: int,
-    seed: int = 0,
+    seed: int,
+    filter_by: str,
     groups: np.ndarray | None = None,
-    filter_by: str = "low_self_confidence",
     progress: Callable[[int, int, int], None] | None = None,
 ) -> AuditResult:
-    """Run the audit; ``progress(round, rounds, flagged_this_round)`` is called after each round."""
+    """Run the audit; ``progress(round, rounds, flagged_this_round)`` is called after each round.
+    ``rounds``, ``folds``, ``seed`` and ``filter_by`` are the configuration's
+    ``training.label_audit_rounds``, ``label_audit_folds``, ``seed`` and ``label_audit_filter``."""
     y = np.asarray(y)
     classes = sorted(int(c) for c in classes)
     times = np.zeros(len(y), np.int64)

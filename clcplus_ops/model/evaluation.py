@@ -41,11 +41,13 @@ _JSON_DECIMALS = 6
 
 @dataclass(frozen=True)
 class Targets:
-    """Accuracy targets as fractions (ATBD: OA >= 0.90, omission and commission <= 0.15)."""
+    """Accuracy targets as fractions: a view of the configuration's ``training`` section, where
+    the ATBD's values (OA >= 0.90, omission and commission <= 0.15) are the defaults; build it
+    with :meth:`from_config`."""
 
-    overall_accuracy: float = 0.90
-    max_omission: float = 0.15
-    max_commission: float = 0.15
+    overall_accuracy: float
+    max_omission: float
+    max_commission: float
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -274,7 +276,7 @@ def accuracy(
 class TargetCheck:
     met: bool
     failures: list[str]
-    targets: Targets = Targets()
+    targets: Targets
     # Per class: True/False, or None where the class could not be judged (no reference
     # samples and never predicted). Drives the report's "target met" column.
     class_met: dict[int, bool | None] = field(default_factory=dict)

@@ -9,10 +9,20 @@ bounding box) is read and only the sample pixels are kept. Scenes, compositing o
 mask and interpolation are the ingestion's, so a sample's series equals the ingested tile's
 features at that pixel.
 
-Output per tile: ``{samples}/series/{year}/{tile}/series.parquet`` with sample_id, row, col
+The stage :data:`EXTRACT_TILE_SAMPLES` (``extract_samples``, scope ``sample_tile``) writes
+``series.parquet`` in ``Locations.sample_series(year, tile)`` with sample_id, tile_id, row, col
 (in the tile grid with halo), valid_obs and series (features x steps int16, x 10 000, the
-ingestion's encoding), plus a stage record; re-running with the same samples, scenes and
-parameters skips the tile.
+ingestion's encoding). Run it as::
+
+    run_stage(EXTRACT_TILE_SAMPLES, config, Target(layout, year, None, tile_id),
+              options={"samples": {"sample_ids": [...], "lon": [...], "lat": [...]}})
+
+``samples`` (lists, so the option is JSON) are the points to extract, all inside the tile;
+their hash (ids and projected coordinates, in sample-id order) enters the fingerprint, so the
+same samples in another order skip and another set recomputes. Give ``pu_id=None`` so that
+PUs sharing a tile share its run (a PU id in the target enters the fingerprint). The option
+``scene_source`` (a SceneSource object) replaces the configured scene source, as for ingest.
+The summary's ``outputs["series"]`` is the file's URL; read it with :func:`read_series`.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,29 +38,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyproj import Transformer
 
-import clcplus_ops
 from clcplus_ops.config import Config
+from clcplus_ops.errors import StageInputError
+from clcplus_ops.geo.grid import Grid
 from clcplus_ops.geo.tiles import ProcessingTile, home_epsg
-from clcplus_ops.plan import stage_record_url, store_for
 from clcplus_ops.sentinel2 import timeseries
 from clcplus_ops.sentinel2.ingest import (
-    AcquisitionDate, OpenScenes, _params, compute_with_scenes, find_tile_scenes, read_block,
+    AcquisitionDate, NoScenesError, OpenScenes, SceneAccess, compute_with_scenes, find_tile_scenes, prepare_scenes,
+    read_block, series_params,
 )
-from clcplus_ops.sentinel2.reading import Grid, tile_grid
-from clcplus_ops.sentinel2.scenes import SceneSource, scene_source
-from clcplus_ops.store import Store, fingerprint, join
+from clcplus_ops.stage import External, Stage, StageIO
+from clcplus_ops.store import Store
 
 log = logging.getLogger(__name__)
-
-STAGE = "extract_samples"
-
-
-def series_base(config: Config, reference_year: int, tile_id: str) -> str:
-    return join(config.store.samples, "series", str(reference_year), tile_id)
-
-
-def series_url(config: Config, reference_year: int, tile_id: str) -> str:
-    return join(series_base(config, reference_year, tile_id), "series.parquet")
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,13 +81,12 @@ def in_tile(tile: ProcessingTile, lon: np.ndarray, lat: np.ndarray) -> np.ndarra
     return (x >= xmin) & (x < xmax) & (y > ymin) & (y <= ymax)
 
 
-def pixel_of(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of the grid pixel containing each point."""
-    t = grid.transform
-    cols = np.floor((np.asarray(x) - t.c) / t.a).astype(np.int64)
-    rows = np.floor((np.asarray(y) - t.f) / t.e).astype(np.int64)
-    if (rows < 0).any() or (rows >= grid.height).any() or (cols < 0).any() or (cols >= grid.width).any():
-        raise ValueError("a sample point lies outside the tile grid")
+def pixels_inside(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the grid pixel containing each point; ValueError if one lies outside."""
+    rows, cols = grid.pixel_of(x, y)
+    outside = (rows < 0) | (rows >= grid.height) | (cols < 0) | (cols >= grid.width)
+    if outside.any():
+        raise ValueError(f"{int(outside.sum())} sample point(s) lie outside the tile grid")
     return rows, cols
 
 
@@ -142,18 +141,17 @@ def _samples_hash(sample_ids: Sequence[str], x: np.ndarray, y: np.ndarray) -> st
     return digest.hexdigest()
 
 
-def _write_series(store: Store, url: str, sample_ids, rows, cols, valid_obs, series, tile_id: str) -> None:
-    n, f, s = series.shape
+def _write_series(path, sample_ids, rows, cols, valid_obs, series, tile_id: str) -> None:
+    n, f, st = series.shape
     table = pa.table({
         "sample_id": pa.array(list(sample_ids), pa.string()),
         "tile_id": pa.array([tile_id] * n, pa.string()),
         "row": pa.array(rows, pa.int32()),
         "col": pa.array(cols, pa.int32()),
         "valid_obs": pa.array(valid_obs, pa.uint16()),
-        "series": pa.FixedSizeListArray.from_arrays(pa.array(series.reshape(-1), pa.int16()), f * s),
-    }, metadata={b"clcplus:series_shape": f"{f},{s}".encode()})
-    with store.local_write(url) as path:
-        pq.write_table(table, path, compression="zstd")
+        "series": pa.FixedSizeListArray.from_arrays(pa.array(series.reshape(-1), pa.int16()), f * st),
+    }, metadata={b"clcplus:series_shape": f"{f},{st}".encode()})
+    pq.write_table(table, path, compression="zstd")
 
 
 @dataclass
@@ -198,54 +196,88 @@ def read_series(store: Store, url: str) -> SampleSeries:
 # The per-tile stage
 
 
-def extract_tile_samples(
-    config: Config,
-    pu_id: str,
-    reference_year: int,
-    tile: ProcessingTile,
-    sample_ids: Sequence[str],
-    lon: np.ndarray,
-    lat: np.ndarray,
-    *,
-    force: bool = False,
-    store: Store | None = None,
-    source: SceneSource | None = None,
-) -> dict:
-    """Extract the series of the given samples (all inside ``tile``) and persist them; skipped
-    when the tile's record shows the same samples, scene source and parameters."""
-    store = store or store_for(config)
-    source = source or scene_source(config, reference_year, store)
-    order = np.argsort(np.asarray(sample_ids, dtype=object), kind="stable")
-    sample_ids = [sample_ids[i] for i in order]
-    x, y = Transformer.from_crs(4326, tile.epsg, always_xy=True).transform(np.asarray(lon)[order], np.asarray(lat)[order])
-    base, url = series_base(config, reference_year, tile.tile_id), series_url(config, reference_year, tile.tile_id)
-    record_url = stage_record_url(base, STAGE)
-    params = {**_params(config, reference_year), "cell_px": config.time_series.block_px}
-    key = fingerprint(stage=STAGE, inputs={"tile": tile.to_dict(), "scene_source": source.describe(),
-                                           "samples": _samples_hash(sample_ids, x, y)},
-                      params=params, version=clcplus_ops.__version__)
-    if not force and store.is_current(record_url, key):
-        log.info("%s: series of %d samples are current, skipped", tile.tile_id, len(sample_ids))
-        return {"tile_id": tile.tile_id, "skipped": True, "samples": len(sample_ids), "url": url}
+@dataclass(frozen=True)
+class TileSamples:
+    """What the stage extracts: the samples in sample-id order, projected to the tile's CRS."""
 
+    access: SceneAccess
+    sample_ids: list[str]
+    rows: np.ndarray  # pixels in the tile grid with halo
+    cols: np.ndarray
+
+
+def samples_option(sample_ids: Sequence[str], lon, lat) -> dict:
+    """The ``samples`` run option of :data:`EXTRACT_TILE_SAMPLES` (JSON: plain lists)."""
+    return {"sample_ids": [str(i) for i in sample_ids], "lon": [float(v) for v in np.asarray(lon, np.float64)],
+            "lat": [float(v) for v in np.asarray(lat, np.float64)]}
+
+
+def _samples(ctx, tile: ProcessingTile) -> tuple[list[str], np.ndarray, np.ndarray]:
+    given = ctx.options.get("samples")
+    what = f"{ctx.stage.name} {ctx.target.describe()}"
+    if not isinstance(given, Mapping) or not {"sample_ids", "lon", "lat"} <= set(given):
+        raise StageInputError(f"{what}: give the samples to extract as the run option "
+                              f"samples={{'sample_ids': [...], 'lon': [...], 'lat': [...]}}")
+    ids, lon, lat = list(given["sample_ids"]), np.asarray(given["lon"], np.float64), np.asarray(given["lat"], np.float64)
+    if not len(ids) == len(lon) == len(lat):
+        raise StageInputError(f"{what}: {len(ids)} sample ids but {len(lon)} lon and {len(lat)} lat values")
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    x, y = Transformer.from_crs(4326, tile.epsg, always_xy=True).transform(lon[order], lat[order])
+    return [ids[i] for i in order], np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+
+def _prepare(ctx) -> External:
+    from clcplus_ops.locations import check_tile
+
+    access, identity = prepare_scenes(ctx)
+    tile = check_tile(ctx.config, ctx.target.tile_id)
+    sample_ids, x, y = _samples(ctx, tile)
+    try:
+        rows, cols = pixels_inside(tile.grid(ctx.config.grid.halo_px), x, y)
+    except ValueError as error:
+        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: {error}") from None
+    return External(identity={**identity, "samples": _samples_hash(sample_ids, x, y)},
+                    value=TileSamples(access, sample_ids, rows, cols))
+
+
+def _params(config: Config, target, options) -> dict:
+    return {**series_params(config, target.reference_year), "cell_px": config.time_series.block_px}
+
+
+def _compute(io: StageIO) -> dict:
     started = time.perf_counter()
-    grid = tile_grid(tile, config.grid.halo_px)  # the ingestion's footprint, so the same scenes
-    rows, cols = pixel_of(grid, x, y)
+    config, target, samples = io.config, io.target, io.external
+    tile, year = io.tile, target.reference_year
+    grid = tile.grid(config.grid.halo_px)  # the ingestion's footprint, so the same scenes
+    rows, cols = samples.rows, samples.cols
     sample_cells = cells(grid, rows, cols, config.time_series.block_px)
-    window_start, _ = config.time_series.window(reference_year)
-    step_days = np.array([(d - window_start).days for d in config.time_series.steps(reference_year)], np.float64)
-    scenes = find_tile_scenes(config, source, grid, tile, pu_id, reference_year)
+    window_start, _ = config.time_series.window(year)
+    step_days = np.array([(d - window_start).days for d in config.time_series.steps(year)], np.float64)
+    scenes = find_tile_scenes(config, samples.access.source, grid, tile, target.pu_id, year)
+    n = len(samples.sample_ids)
     (series, valid_obs), dates, reads = compute_with_scenes(
-        config, store, scenes, tile, window_start, f"{tile.tile_id} samples ({pu_id}, reference year {reference_year})",
-        lambda dates, opened: series_at_samples(config, grid, sample_cells, len(sample_ids), dates, opened, step_days),
+        config, samples.access.s3, scenes, tile, window_start,
+        f"{tile.tile_id} samples ({f'{target.pu_id}, ' if target.pu_id else ''}reference year {year})",
+        lambda dates, opened: series_at_samples(config, grid, sample_cells, n, dates, opened, step_days),
     )
-    _write_series(store, url, sample_ids, rows, cols, valid_obs, series, tile.tile_id)
+    _write_series(io.output("series"), samples.sample_ids, rows, cols, valid_obs, series, tile.tile_id)
     seconds = round(time.perf_counter() - started, 2)
-    details = {"samples": len(sample_ids), "cells": len(sample_cells), "dates": len(dates), "reads": reads,
-               "scenes_used": len(scenes.usable), "scenes_skipped": scenes.skipped,
-               "never_observed": int((valid_obs == 0).sum()), "seconds": seconds}
-    store.write_record(record_url, stage=STAGE, fingerprint=key, outputs={"series": url}, details=details)
-    log.info("%s: series of %d samples in %d cells from %d dates (%d reads) in %.1f s", tile.tile_id,
-             len(sample_ids), len(sample_cells), len(dates), reads, seconds)
-    return {"tile_id": tile.tile_id, "skipped": False, "samples": len(sample_ids), "url": url,
-            "never_observed": details["never_observed"], "scenes_skipped": len(scenes.skipped), "seconds": seconds}
+    io.log.info("%s: series of %d samples in %d cells from %d dates (%d reads) in %.1f s", tile.tile_id, n,
+                len(sample_cells), len(dates), reads, seconds)
+    return {"samples": n, "cells": len(sample_cells), "dates": len(dates), "reads": reads,
+            "scenes_used": len(scenes.usable), "scenes_skipped": len(scenes.skipped),
+            "skipped_scenes": scenes.skipped, "never_observed": int((valid_obs == 0).sum()), "seconds": seconds}
+
+
+EXTRACT_TILE_SAMPLES = Stage(
+    name="extract_samples",
+    scope="sample_tile",
+    outputs={"series": "series.parquet"},
+    prepare=_prepare,
+    params=_params,
+    compute=_compute,
+    summary=("samples", "never_observed", "scenes_skipped", "seconds"),
+    options=("samples", "scene_source"),
+    permanent_errors=(NoScenesError,),
+    description="time series of the samples in a tile, with the ingestion's code",
+)

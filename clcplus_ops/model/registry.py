@@ -39,7 +39,9 @@ from typing import Any
 
 import yaml
 
-from clcplus_ops.store import Store, canonical_json, join
+from clcplus_ops.errors import ClcplusError, InvalidIdError, PermanentError
+from clcplus_ops.locations import Place, model_pu_url, model_version_url
+from clcplus_ops.store import Store, canonical_json
 
 __all__ = [
     "CARD_JSON",
@@ -85,8 +87,9 @@ _ARTEFACT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAX_CLAIM_ATTEMPTS = 1000
 
 
-class ModelNotFoundError(LookupError):
-    """No complete model for the PU (and version) asked; the message says where it looked."""
+class ModelNotFoundError(PermanentError, LookupError):
+    """No complete model for the PU (and version) asked; the message says where it looked.
+    Retrying does not register one: tasks fail at once."""
 
     def __init__(
         self, pu_id: str, version: str | None, url: str, versions: list[str], *, note: str = ""
@@ -103,7 +106,7 @@ class ModelNotFoundError(LookupError):
         super().__init__(message + (f" ({note})" if note else ""))
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ClcplusError, RuntimeError):
     """The registry is inconsistent: corrupt card, artefact missing or not matching its sha256."""
 
 
@@ -123,7 +126,12 @@ class RegisteredModel:
                 f"model {self.pu_id}/{self.version} has no artefact {name!r}; "
                 f"artefacts: {present}"
             )
-        return join(self.url, name)
+        return Place(self.url).file(name)
+
+    @property
+    def markdown_card_url(self) -> str:
+        """The model card for people (``MODEL_CARD.md``)."""
+        return Place(self.url).file(CARD_MARKDOWN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +164,7 @@ def register_model(
     version, url = _claim(store, models_root, pu_id, created_iso)
     entries: dict[str, dict[str, Any]] = {}
     for name, data in blobs.items():
-        store.write_bytes(join(url, name), data)
+        store.write_bytes(Place(url).file(name), data)
         entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     full = {
         **caller_card,
@@ -168,8 +176,8 @@ def register_model(
     }
     payload = canonical_json(full).encode("utf-8")
     written = json.loads(payload)  # as readers will see it (string keys, lists for tuples)
-    store.write_text(join(url, CARD_MARKDOWN), render_model_card(written, url=url))
-    card_url = join(url, CARD_JSON)
+    store.write_text(Place(url).file(CARD_MARKDOWN), render_model_card(written, url=url))
+    card_url = Place(url).file(CARD_JSON)
     if not store.write_bytes_if_absent(card_url, payload):
         # Only this run holds the claim, so the card can only be ours (a retried PUT whose
         # first answer was lost); anything else means the version folder was tampered with.
@@ -199,7 +207,7 @@ def resolve_model(
     for a malformed PU id or version string.
     """
     _check_pu(pu_id)
-    pu_url = join(models_root, pu_id)
+    pu_url = model_pu_url(models_root, pu_id)
     if version is None or version == "latest":
         used, complete = _scan(store, models_root, pu_id)
         if not complete:
@@ -208,8 +216,8 @@ def resolve_model(
             raise ModelNotFoundError(pu_id, None, pu_url, [], note=note)
         version = complete[-1]
     elif not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
-        raise ValueError(f"model version must look like 'v0001' (or be 'latest'), got {version!r}")
-    url = join(pu_url, version)
+        raise InvalidIdError(f"model version must look like 'v0001' (or be 'latest'), got {version!r}")
+    url = model_version_url(models_root, pu_id, version)
     try:
         card = _load_card(store, url, pu_id, version)
     except FileNotFoundError:
@@ -406,7 +414,7 @@ def _percent(value: Any) -> str:
 
 def _check_pu(pu_id: Any) -> None:
     if not isinstance(pu_id, str) or not _PU_RE.fullmatch(pu_id):
-        raise ValueError(f"PU id must be non-empty letters, digits, '_' or '-', got {pu_id!r}")
+        raise InvalidIdError(f"PU id must be non-empty letters, digits, '_' or '-', got {pu_id!r}")
 
 
 def _check_artefacts(artefacts: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -498,7 +506,7 @@ def _number(version: str) -> int:
 
 def _scan(store: Store, models_root: str, pu_id: str) -> tuple[list[str], list[str]]:
     """(all version folders, complete ones), each ascending by number."""
-    pu_url = join(models_root, pu_id)
+    pu_url = model_pu_url(models_root, pu_id)
     prefix = _normalised(pu_url) + "/"
     used: set[str] = set()
     complete: set[str] = set()
@@ -528,7 +536,7 @@ def _claim(store: Store, models_root: str, pu_id: str, created_iso: str) -> tupl
     number = max((_number(v) for v in used), default=0) + 1
     for _ in range(_MAX_CLAIM_ATTEMPTS):
         version = f"v{number:04d}"
-        url = join(models_root, pu_id, version)
+        url = model_version_url(models_root, pu_id, version)
         claim = {
             "pu_id": pu_id,
             "version": version,
@@ -537,20 +545,20 @@ def _claim(store: Store, models_root: str, pu_id: str, created_iso: str) -> tupl
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        if store.write_bytes_if_absent(join(url, CLAIM), canonical_json(claim).encode("utf-8")):
+        if store.write_bytes_if_absent(Place(url).file(CLAIM), canonical_json(claim).encode("utf-8")):
             log.info("PU %s: claimed model version %s (%s)", pu_id, version, url)
             return version, url
         log.info("PU %s: model version %s is taken, trying the next", pu_id, version)
         number += 1
     raise RegistryError(
         f"PU {pu_id}: could not claim a model version after {_MAX_CLAIM_ATTEMPTS} attempts "
-        f"(last tried v{number - 1:04d} under {join(models_root, pu_id)})"
+        f"(last tried v{number - 1:04d} under {model_pu_url(models_root, pu_id)})"
     )
 
 
 def _load_card(store: Store, url: str, pu_id: str, version: str) -> dict[str, Any]:
     """The parsed card of the version at ``url``; FileNotFoundError if absent."""
-    card_url = join(url, CARD_JSON)
+    card_url = Place(url).file(CARD_JSON)
     try:
         card = store.read_json(card_url)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError

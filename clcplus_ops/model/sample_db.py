@@ -1,6 +1,6 @@
 """Sample database: labelled training points with their full revision history, in the store.
 
-Layout under a DB root URL (callers pass ``join(config.store.samples, "sample_db")``)::
+Layout under a DB root URL (callers pass ``Locations(config).sample_db``)::
 
     {root}/batches/{batch_id}.parquet    one immutable GeoParquet file per batch of revisions
 
@@ -72,6 +72,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from clcplus_ops.config import CLASS_NAMES
+from clcplus_ops.errors import ClcplusError
 from clcplus_ops.store import Store, join
 
 log = logging.getLogger("clcplus_ops.model.sample_db")
@@ -97,7 +98,7 @@ _READ_THREADS = 8
 _CLASSES = np.array(sorted(CLASS_NAMES), dtype=np.int64)
 
 
-class SampleDBError(ValueError):
+class SampleDBError(ClcplusError, ValueError):
     """A sample DB request that cannot be carried out; the message says why."""
 
 

@@ -30,26 +30,32 @@ FORMAT = "clcplus-tempcnn/1"
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 60
-    batch_size: int = 128
-    min_lr: float = 1e-4
-    max_lr: float = 5e-3
-    lr_cycle_epochs: int = 4
-    weight_decay: float = 1e-4
+    """The trainer's parameters: a view of the configuration's ``training`` section (same field
+    names), where the ATBD's values are the defaults; build it with :meth:`from_config`."""
+
+    epochs: int
+    batch_size: int
+    min_lr: float
+    max_lr: float
+    lr_cycle_epochs: int
+    weight_decay: float
     # 0 turns early stopping off: all epochs run and the last weights are kept.
-    validation_fraction: float = 0.1
-    patience_epochs: int = 8
-    seed: int = 0
-    conv_layers: int = 3
-    conv_filters: int = 64
-    kernel_size: int = 5
-    dense_units: int = 256
-    dropout: float = 0.2
+    validation_fraction: float
+    patience_epochs: int
+    seed: int
+    conv_layers: int
+    conv_filters: int
+    kernel_size: int
+    dense_units: int
+    dropout: float
 
     @classmethod
     def from_config(cls, training: Any, **overrides: Any) -> TrainParams:
         """Parameters from a ``TrainingConfig`` (same field names), with overrides."""
-        values = {f.name: getattr(training, f.name) for f in fields(cls) if hasattr(training, f.name)}
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"TrainParams has no field(s) {unknown}")
+        values = {f.name: getattr(training, f.name) for f in fields(cls)}
         values.update(overrides)
         return cls(**values)
 

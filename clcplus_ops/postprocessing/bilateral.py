@@ -49,9 +49,12 @@ from numba.extending import intrinsic
 
 @dataclass(frozen=True)
 class BilateralParams:
-    win_size: int = 4
-    sigma_spatial: float = 0.8
-    sigma_color: float = 0.25
+    """The filter's parameters; the values come from the configuration (``bilateral``), where
+    the ATBD's are the defaults."""
+
+    win_size: int
+    sigma_spatial: float
+    sigma_color: float
 
     def __post_init__(self) -> None:
         if int(self.win_size) != self.win_size or self.win_size < 1:
@@ -361,8 +364,7 @@ def _filter(pix, valid, offsets, weights, e, scale, out):
                 _row_any(x, pair, ones, offsets, r, e, valid[r], out, total, num)
 
 
-def bilateral_filter(probabilities: np.ndarray, valid: np.ndarray | None = None,
-                     params: BilateralParams = BilateralParams()) -> np.ndarray:
+def bilateral_filter(probabilities: np.ndarray, valid: np.ndarray | None, params: BilateralParams) -> np.ndarray:
     """probabilities: float32 (or float64, rounded to float32 first) array (bands, rows, cols) as
     rasterio reads it. valid: bool (rows, cols) or None (= all valid).
     Returns float32 (bands, rows, cols); NaN in every band where not valid."""

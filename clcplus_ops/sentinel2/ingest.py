@@ -1,9 +1,9 @@
-"""The first per-tile stage: from the Sentinel-2 scenes of the acquisition window to the tile's
-equidistant time series (12 features x 54 steps) and its valid-observation count.
+"""The first per-tile stage, ``ingest``: from the Sentinel-2 scenes of the acquisition window to
+the tile's equidistant time series (12 features x 54 steps) and its valid-observation count.
 
 Reading, computing and writing are separate: :func:`read_block` gathers the cloud-free
 observations of one block of the tile, :func:`clcplus_ops.sentinel2.timeseries.interpolate`
-turns them into features (a pure function), and :func:`ingest_tile` streams the tile through
+turns them into features (a pure function), and the stage's compute streams the tile through
 both block by block, so memory is bounded by the block size, not by the tile size.
 
 Scenes of one acquisition date (neighbouring granules of one datatake overlap by ~10 km) are
@@ -11,13 +11,20 @@ composited into one observation: per pixel the first granule with a valid observ
 the tile's own MGRS square first. A date is therefore counted once per pixel, as the valid-
 observation count (RASDL) requires.
 
-Outputs under ``{work}/{year}/{pu}/tiles/{tile}/`` (tile grid plus halo, EPSG of the tile):
+Outputs in the tile's folder (tile grid plus halo, EPSG of the tile):
 
 * ``features/{B01,...,NBR}.tif`` one GeoTIFF per feature, one band per step (band description
   = step date), int16 = round(value x 10 000), nodata -32768 where the pixel never had a valid
   observation (see ``timeseries`` for the interpolation rule);
 * ``valid_obs.tif`` uint16 number of valid observations per pixel;
-* ``ingest.json`` provenance: scenes used, scenes skipped and why, timings.
+* ``ingest.json`` provenance: scenes used, scenes skipped and why, scenes in another UTM zone.
+
+The scene source (a STAC API or a static catalogue, :func:`~clcplus_ops.sentinel2.scenes.scene_source`)
+is the stage's external input: its description enters the fingerprint. A run option
+``scene_source`` (a :class:`~clcplus_ops.sentinel2.scenes.SceneSource` object, e.g. one shared
+by the tiles of a PU, or a test's stub) replaces the configured one; only its ``describe()``
+enters the fingerprint. The archive is searched in ``compute``, not in ``prepare``: a current
+tile is skipped without querying the archive (as before).
 """
 
 from __future__ import annotations
@@ -26,40 +33,36 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 import rasterio
-from pyproj import Transformer
 from rasterio.errors import RasterioError
-from rasterio.windows import Window
-import shapely
-from shapely.geometry import box
 
-import clcplus_ops
 from clcplus_ops.config import Config
+from clcplus_ops.errors import PermanentError
+from clcplus_ops.geo.grid import Grid
 from clcplus_ops.geo.tiles import ProcessingTile
-from clcplus_ops.plan import stage_record_url, store_for, tile_url
 from clcplus_ops.raster_io import gdal_env, gdal_path
 from clcplus_ops.sentinel2 import timeseries
 from clcplus_ops.sentinel2.bands import SCL
 from clcplus_ops.sentinel2.cloudmask import valid_observations
-from clcplus_ops.sentinel2.reading import Grid, read_nearest, retrying, tile_grid
+from clcplus_ops.sentinel2.reading import read_nearest, retrying
 from clcplus_ops.sentinel2.scenes import Scene, SceneSource, scene_source
-from clcplus_ops.store import Store, as_url, fingerprint, join
+from clcplus_ops.stage import External, Resources, Stage, StageIO, blocks_with_progress
+from clcplus_ops.store import S3Settings
 
 log = logging.getLogger(__name__)
 
-STAGE = "ingest"
-TILE_BLOCK = 256  # GeoTIFF block size of the outputs; processing blocks are multiples of it
 _INT16 = np.iinfo(np.int16)
 T = TypeVar("T")
 
 
-class NoScenesError(RuntimeError):
-    """No usable Sentinel-2 scene for a tile: nothing can be classified there."""
+class NoScenesError(PermanentError):
+    """No usable Sentinel-2 scene for a tile: nothing can be classified there (no retry brings
+    scenes into the archive)."""
 
 
 class SceneReadError(RuntimeError):
@@ -72,22 +75,6 @@ class SceneReadError(RuntimeError):
     def entry(self) -> dict:
         return {"scene_id": self.scene.scene_id, "asset": self.asset, "href": self.scene.assets[self.asset].href,
                 "reason": f"{type(self.error).__name__}: {self.error}"}
-
-
-# --------------------------------------------------------------------------------------------
-# Where the outputs live
-
-
-def feature_url(tile_base: str, feature: str) -> str:
-    return join(tile_base, "features", f"{feature}.tif")
-
-
-def valid_obs_url(tile_base: str) -> str:
-    return join(tile_base, "valid_obs.tif")
-
-
-def provenance_url(tile_base: str) -> str:
-    return join(tile_base, "ingest.json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,20 +209,20 @@ class TileScenes:
 
 
 def find_tile_scenes(
-    config: Config, source: SceneSource, grid: Grid, tile: ProcessingTile, pu_id: str, reference_year: int,
+    config: Config, source: SceneSource, grid: Grid, tile: ProcessingTile, pu_id: str | None, reference_year: int,
 ) -> TileScenes:
     """The scenes of the acquisition window meeting ``grid``; NoScenesError if there are none."""
     s2 = config.sentinel2
     window_start, window_end = config.time_series.window(reference_year)
     scenes = source.search(
-        footprint_lonlat(grid),
+        grid.footprint_lonlat(),
         dt.datetime.combine(window_start, dt.time(), dt.timezone.utc),
         dt.datetime.combine(window_end, dt.time(), dt.timezone.utc),
         s2.max_cloud_cover_percent,
     )
     if not scenes:
         raise NoScenesError(
-            f"tile {tile.tile_id} ({pu_id}, reference year {reference_year}): no Sentinel-2 scene in "
+            f"tile {tile.tile_id} ({f'{pu_id}, ' if pu_id else ''}reference year {reference_year}): no Sentinel-2 scene in "
             f"{source.describe()} for the window {window_start} to {window_end} (exclusive) with cloud cover "
             f"< {s2.max_cloud_cover_percent:g} %"
         )
@@ -246,7 +233,7 @@ def find_tile_scenes(
 
 
 def compute_with_scenes(
-    config: Config, store: Store, scenes: TileScenes, tile: ProcessingTile, window_start: dt.date, what: str,
+    config: Config, s3: S3Settings, scenes: TileScenes, tile: ProcessingTile, window_start: dt.date, what: str,
     compute: Callable[[list[AcquisitionDate], OpenScenes], T],
 ) -> tuple[T, list[AcquisitionDate], int]:
     """Open the usable scenes and run ``compute(dates, opened)``; a scene that cannot be opened,
@@ -256,7 +243,7 @@ def compute_with_scenes(
     usable, skipped = scenes.usable, scenes.skipped
     opened = OpenScenes([*s2.bands, SCL], s2.read_retries)
     try:
-        with gdal_env(store.s3_settings):
+        with gdal_env(s3):
             for scene in list(usable):
                 missing = [a for a in opened.assets if a not in scene.assets]
                 if missing:
@@ -289,7 +276,17 @@ def compute_with_scenes(
 # The stage
 
 
-def _params(config: Config, reference_year: int) -> dict:
+def feature_names(config: Config) -> list[str]:
+    return timeseries.feature_names(config.sentinel2.bands, config.sentinel2.indices)
+
+
+def _outputs(config: Config) -> dict[str, str]:
+    return {**{name: f"features/{name}.tif" for name in feature_names(config)},
+            "valid_obs": "valid_obs.tif", "provenance": "ingest.json"}
+
+
+def series_params(config: Config, reference_year: int) -> dict:
+    """What the time series depend on besides the scenes (shared with the sample extraction)."""
     s2, series = config.sentinel2, config.time_series
     start, end = series.window(reference_year)
     return {
@@ -304,51 +301,107 @@ def _params(config: Config, reference_year: int) -> dict:
     }
 
 
-def footprint_lonlat(grid: Grid):
-    """The grid's outline in lon/lat (densified, so it follows the projection's curvature)."""
-    to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
-    outline = box(*grid.bounds).segmentize(grid.width * grid.transform.a / 8)
-    return shapely.transform(outline, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
+def _params(config: Config, target, options) -> dict:
+    return {**series_params(config, target.reference_year), "profile": config.rasters.features.model_dump()}
 
 
-def _feature_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
-    return {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
-        "nodata": nodata, "crs": f"EPSG:{grid.epsg}", "transform": grid.transform, "tiled": True,
-        "blockxsize": TILE_BLOCK, "blockysize": TILE_BLOCK, "compress": "zstd", "zstd_level": 1, "predictor": 2,
-        "interleave": "pixel", "BIGTIFF": "IF_SAFER",
-    }
+@dataclass(frozen=True)
+class SceneAccess:
+    """What the ingestion reads from outside: the scene source, and the store's S3 settings
+    (GDAL reads the scenes' assets with them)."""
+
+    source: SceneSource
+    s3: S3Settings
 
 
-def _compute_tile(
-    config: Config, grid: Grid, dates: Sequence[AcquisitionDate], scenes: OpenScenes, step_days: np.ndarray,
-    step_dates: Sequence[dt.date], outputs: Mapping[str, str], store: Store,
-) -> dict:
-    """Stream the tile block by block into local GeoTIFFs committed to the store on success."""
+def prepare_scenes(ctx) -> tuple[SceneAccess, dict]:
+    """The scene source of a run (the ``scene_source`` option, else the configured one) and its
+    identity (the tile and the source's description)."""
+    from clcplus_ops.locations import check_tile
+
+    source = ctx.options.get("scene_source") or scene_source(ctx.config, ctx.target.reference_year, ctx.store)
+    tile = check_tile(ctx.config, ctx.target.tile_id)
+    identity = {"tile": tile.to_dict(), "scene_source": source.describe()}
+    return SceneAccess(source, ctx.store.s3_settings), identity
+
+
+def _prepare(ctx) -> External:
+    access, identity = prepare_scenes(ctx)
+    return External(identity=identity, value=access)
+
+
+def _compute(io: StageIO) -> dict:
+    started = time.perf_counter()
+    config, target, access = io.config, io.target, io.external
+    pu_id, year = target.pu_id, target.reference_year
+    tile = io.tile
+    s2, series = config.sentinel2, config.time_series
+    grid = tile.grid(config.grid.halo_px)
+    window_start, _ = series.window(year)
+    scenes = find_tile_scenes(config, access.source, grid, tile, pu_id, year)
+
+    names = feature_names(config)
+    step_dates = series.steps(year)
+    step_days = np.array([(d - window_start).days for d in step_dates], dtype=np.float64)
+    stats, dates, reads = compute_with_scenes(
+        config, access.s3, scenes, tile, window_start, f"{tile.tile_id} ({pu_id}, reference year {year})",
+        lambda dates, opened: _compute_tile(io, grid, dates, opened, step_days, step_dates),
+    )
+    usable, skipped, other_crs = scenes.usable, scenes.skipped, scenes.other_crs
+    params = series_params(config, year)
+    io.write_json("provenance", {
+        "stage": io.stage.name,
+        "pu_id": pu_id,
+        "reference_year": year,
+        "tile": tile.to_dict(),
+        "grid": {**grid.to_dict(), "halo_px": config.grid.halo_px},
+        "scene_source": access.source.describe(),
+        "features": names,
+        "steps": params["steps"],
+        "encoding": params["encoding"],
+        "scenes_found": len(scenes.found),
+        "acquisition_dates": len(dates),
+        "scenes_used": [s.to_dict() for s in usable],
+        "scenes_skipped": skipped,
+        "scenes_other_crs": other_crs,
+    })
+    if skipped:
+        io.log.warning("%s: %d scene(s) skipped: %s", tile.tile_id, len(skipped),
+                       ", ".join(s["scene_id"] for s in skipped))
+    # Timings vary from run to run: they go to the record, so the provenance is reproducible.
+    seconds = round(time.perf_counter() - started, 2)
+    io.log.info("%s: %d dates from %d scenes -> %d features x %d steps in %.1f s", tile.tile_id, len(dates),
+                len(usable), len(names), len(step_days), seconds)
+    return {"scenes_used": len(usable), "scenes_skipped": len(skipped), "dates": len(dates),
+            "seconds": seconds, "reads": reads, **stats}
+
+
+def _compute_tile(io: StageIO, grid: Grid, dates: Sequence[AcquisitionDate], scenes: OpenScenes,
+                  step_days: np.ndarray, step_dates: Sequence[dt.date]) -> dict:
+    """Stream the tile block by block into the stage's output GeoTIFFs."""
+    config = io.config
     s2 = config.sentinel2
-    names = timeseries.feature_names(s2.bands, s2.indices)
+    names = feature_names(config)
     pairs = timeseries.index_band_positions(s2.bands, s2.indices)
-    block_px = config.time_series.block_px
-    n_blocks = -(-grid.height // block_px) * -(-grid.width // block_px)
-    checksums, stats = {}, {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "max_dates_in_block": 0}
+    stats = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "max_dates_in_block": 0}
     with contextlib.ExitStack() as stack:
-        paths = {name: stack.enter_context(store.local_write(url)) for name, url in outputs.items()}
         writers = {}
         for name in names:
-            writer = stack.enter_context(rasterio.open(paths[name], "w", **_feature_profile(grid, len(step_days), "int16", timeseries.NODATA)))
+            writer = stack.enter_context(io.raster(name, grid, len(step_days), "int16", timeseries.NODATA, "features"))
             writer.descriptions = tuple(d.isoformat() for d in step_dates)
-            writer.update_tags(feature=name, scale=str(1 / timeseries.SCALE), offset="0", units="reflectance" if name.startswith("B") else "index")
+            writer.update_tags(feature=name, scale=str(1 / timeseries.SCALE), offset="0",
+                               units="reflectance" if name.startswith("B") else "index")
             writers[name] = writer
-        counts_writer = stack.enter_context(rasterio.open(paths["valid_obs"], "w", **_feature_profile(grid, 1, "uint16", None)))
+        counts_writer = stack.enter_context(io.raster("valid_obs", grid, 1, "uint16", None, "features"))
         counts_writer.update_tags(description="number of valid (cloud-free) Sentinel-2 observations")
-        for i, (row, col, block) in enumerate(grid.blocks(block_px), start=1):
+        for row, col, block in blocks_with_progress(grid, config.time_series.block_px, io.log, io.target.tile_id):
             t0 = time.perf_counter()
             obs, valid, days = read_block(block, dates, scenes, s2.bands, s2.scl_masked_classes)
             t1 = time.perf_counter()
             features, counts = timeseries.interpolate(obs, valid, days, step_days, pairs)
             del obs, valid
             t2 = time.perf_counter()
-            window = Window(col, row, block.width, block.height)
+            window = block.window_in(grid)
             shape = (len(step_days), block.height, block.width)
             for f, name in enumerate(names):
                 writers[name].write(features[f].reshape(shape), window=window)
@@ -359,85 +412,22 @@ def _compute_tile(
             stats["compute_s"] += t2 - t1
             stats["write_s"] += t3 - t2
             stats["max_dates_in_block"] = max(stats["max_dates_in_block"], len(days))
-            log.info("block %d/%d (%d x %d px): %d dates with valid pixels; read %.1f s, compute %.1f s, write %.1f s",
-                     i, n_blocks, block.height, block.width, len(days), t1 - t0, t2 - t1, t3 - t2)
-        for writer in [*writers.values(), counts_writer]:
-            writer.close()
-        for name, url in outputs.items():
-            checksums[url] = store.sha256(as_url(paths[name]))
-    return {"checksums": checksums, **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}
+            io.log.debug("block (%d, %d) %d x %d px: %d dates with valid pixels; read %.1f s, compute %.1f s, "
+                         "write %.1f s", row, col, block.height, block.width, len(days), t1 - t0, t2 - t1, t3 - t2)
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
 
 
-def ingest_tile(
-    config: Config,
-    pu_id: str,
-    reference_year: int,
-    tile: ProcessingTile,
-    *,
-    force: bool = False,
-    store: Store | None = None,
-    source: SceneSource | None = None,
-) -> dict:
-    """Build the tile's time series and valid-observation count; skipped when its record shows
-    the same tile, scene source and parameters. Returns a small summary for XCom."""
-    store = store or store_for(config)
-    base = tile_url(config, reference_year, pu_id, tile.tile_id)
-    record_url = stage_record_url(base, STAGE)
-    source = source or scene_source(config, reference_year, store)
-    params = _params(config, reference_year)
-    key = fingerprint(stage=STAGE, inputs={"tile": tile.to_dict(), "scene_source": source.describe()},
-                      params=params, version=clcplus_ops.__version__)
-    if not force and store.is_current(record_url, key):
-        log.info("%s: time series are current, skipped", tile.tile_id)
-        return {"tile_id": tile.tile_id, "skipped": True, "record": record_url}
-
-    started = time.perf_counter()
-    s2, series = config.sentinel2, config.time_series
-    grid = tile_grid(tile, config.grid.halo_px)
-    window_start, _ = series.window(reference_year)
-    scenes = find_tile_scenes(config, source, grid, tile, pu_id, reference_year)
-
-    names = timeseries.feature_names(s2.bands, s2.indices)
-    outputs = {name: feature_url(base, name) for name in names}
-    outputs["valid_obs"] = valid_obs_url(base)
-    step_dates = series.steps(reference_year)
-    step_days = np.array([(d - window_start).days for d in step_dates], dtype=np.float64)
-    stats, dates, reads = compute_with_scenes(
-        config, store, scenes, tile, window_start, f"{tile.tile_id} ({pu_id}, reference year {reference_year})",
-        lambda dates, opened: _compute_tile(config, grid, dates, opened, step_days, step_dates, outputs, store),
-    )
-    usable, skipped, other_crs = scenes.usable, scenes.skipped, scenes.other_crs
-
-    checksums = stats.pop("checksums")
-    provenance = {
-        "stage": STAGE,
-        "pu_id": pu_id,
-        "reference_year": reference_year,
-        "tile": tile.to_dict(),
-        "grid": {"epsg": grid.epsg, "transform": list(grid.transform)[:6], "height": grid.height, "width": grid.width,
-                 "halo_px": config.grid.halo_px},
-        "scene_source": source.describe(),
-        "features": names,
-        "steps": params["steps"],
-        "encoding": params["encoding"],
-        "scenes_found": len(scenes.found),
-        "acquisition_dates": len(dates),
-        "scenes_used": [s.to_dict() for s in usable],
-        "scenes_skipped": skipped,
-        "scenes_other_crs": other_crs,
-    }
-    # Timings vary from run to run: they go to the record, so the provenance is reproducible.
-    timings = {"seconds": round(time.perf_counter() - started, 2), "reads": reads, **stats}
-    prov_url = provenance_url(base)
-    store.write_json(prov_url, provenance)
-    if skipped:
-        log.warning("%s: %d scene(s) skipped: %s", tile.tile_id, len(skipped), ", ".join(s["scene_id"] for s in skipped))
-    store.write_record(
-        record_url, stage=STAGE, fingerprint=key, outputs={**outputs, "provenance": prov_url},
-        checksums=checksums,
-        details={"scenes_used": len(usable), "scenes_skipped": len(skipped), "dates": len(dates), **timings},
-    )
-    log.info("%s: %d dates from %d scenes -> %d features x %d steps in %.1f s", tile.tile_id, len(dates), len(usable),
-             len(names), len(step_days), timings["seconds"])
-    return {"tile_id": tile.tile_id, "skipped": False, "record": record_url, "scenes_used": len(usable),
-            "scenes_skipped": len(skipped), "dates": len(dates)}
+INGEST = Stage(
+    name="ingest",
+    scope="tile",
+    inputs=("define_tile",),
+    outputs=_outputs,
+    prepare=_prepare,
+    params=_params,
+    compute=_compute,
+    resources=Resources(memory="medium"),
+    summary=("scenes_used", "scenes_skipped", "dates"),
+    options=("scene_source",),
+    permanent_errors=(NoScenesError,),
+    description="Sentinel-2 scenes -> the tile's 12 x 54 time series and valid-observation count",
+)

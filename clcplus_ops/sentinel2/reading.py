@@ -6,15 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from affine import Affine
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from clcplus_ops.geo.tiles import ProcessingTile
+if TYPE_CHECKING:
+    from clcplus_ops.geo.grid import Grid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,39 +51,6 @@ def retrying(fn: Callable[[], T], *, what: str, retries: int, backoff_s: float =
             attempt += 1
             log.warning("transient error reading %s (%s); retry %d/%d in %.1f s", what, error, attempt, retries, delay)
             sleep(delay)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A north-up pixel grid: the tile with its halo, or one block of it."""
-
-    epsg: int
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.transform.c, self.transform.f
-        return (x0, y0 + self.height * self.transform.e, x0 + self.width * self.transform.a, y0)
-
-    def block(self, row: int, col: int, height: int, width: int) -> Grid:
-        return Grid(self.epsg, self.transform @ Affine.translation(col, row), height, width)
-
-    def blocks(self, size: int):
-        """(row, col, sub-grid) blocks of at most size x size pixels, row-major."""
-        for row in range(0, self.height, size):
-            for col in range(0, self.width, size):
-                yield row, col, self.block(row, col, min(size, self.height - row), min(size, self.width - col))
-
-
-def tile_grid(tile: ProcessingTile, halo_px: int) -> Grid:
-    """The tile's grid extended by ``halo_px`` pixels on every side."""
-    rows, cols = tile.shape
-    res = tile.pixel_size_m
-    xmin, _, _, ymax = tile.bounds
-    transform = Affine(res, 0.0, xmin - halo_px * res, 0.0, -res, ymax + halo_px * res)
-    return Grid(tile.epsg, transform, rows + 2 * halo_px, cols + 2 * halo_px)
 
 
 def _source_index(centres: np.ndarray, origin: float, step: float, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pystac
-from affine import Affine
 import rasterio
 import rasterio.shutil
 from rasterio.io import MemoryFile
 
+from clcplus_ops.geo.grid import Grid
 from clcplus_ops.sentinel2.bands import BANDS, REFLECTANCE_SCALE, SCL_ASSET_KEY, SCL_RESOLUTION_M
 from clcplus_ops.store import Store, join
 from clcplus_ops.synthetic.acquisitions import RELATIVE_ORBIT, Acquisition, earth_sun_factor
@@ -95,23 +95,25 @@ def _compact(when: dt.datetime) -> str:
 # -------------------------------------------------------------------------------- rasters
 
 
-def write_cog(store: Store, url: str, array: np.ndarray, bounds: tuple[int, int, int, int], res: int,
-              epsg: int, nodata: int | None, overviews: bool = False, **extra: Any) -> tuple[int, str]:
-    """Write a single-band COG; return (size in bytes, multihash sha2-256 as in ``file:checksum``)."""
+def write_cog(store: Store, url: str, array: np.ndarray, grid: Grid, nodata: int | None, overviews: bool = False,
+              **extra: Any) -> tuple[int, str]:
+    """Write a single-band COG of ``array`` on ``grid``; return (size in bytes, multihash
+    sha2-256 as in ``file:checksum``)."""
+    if array.shape != grid.shape:
+        raise ValueError(f"{url}: array of shape {array.shape} on a grid of {grid.shape}")
     options = dict(COG_OPTIONS)
     if overviews:
         options.update(overviews="AUTO", overview_resampling="nearest")
     if array.dtype == np.uint8:
         options["predictor"] = "NO"
     options.update(extra)
-    transform = Affine(res, 0.0, bounds[0], 0.0, -res, bounds[3])
     with store.local_write(url) as path:
         # An in-memory dataset copied by the COG driver: rasterio.shutil.copy releases the GIL
         # (writing through rasterio.open(driver="COG") does not), so writer threads run in
         # parallel with each other and with the rendering.
         with MemoryFile() as memory, memory.open(
             driver="MEM", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype.name,
-            crs=f"EPSG:{epsg}", transform=transform, nodata=nodata,
+            crs=grid.crs, transform=grid.transform, nodata=nodata,
         ) as source:
             source.write(array, 1)
             rasterio.shutil.copy(source, str(path), driver="COG", **options)

@@ -1,5 +1,6 @@
 """The world's pixel grids: the snapped bounds, the internal arrays (bounds plus a margin) at
 10 m and 20 m, and the default area (the demo layout's processing tiles with their halo).
+Pixel grids and windows are :class:`clcplus_ops.geo.grid.Grid`'s.
 
 Everything lies on multiples of 20 m, so a 10 m pixel sits in exactly one 20 m pixel and the
 10 m and 20 m grids of every Sentinel-2 granule (origins on the 100 km MGRS lines) coincide
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from clcplus_ops.config import Config
+from clcplus_ops.geo.grid import Grid
 
 SNAP_M = 20
 MARGIN_M = 120
@@ -76,33 +78,32 @@ class WorldGrid:
         xmin, ymin, xmax, ymax = self.bounds
         return (xmin - MARGIN_M, ymin - MARGIN_M, xmax + MARGIN_M, ymax + MARGIN_M)
 
+    def array_grid(self, res: int = PIXEL_M) -> Grid:
+        """The grid of the internal arrays at ``res`` metres."""
+        return Grid.from_bounds(self.epsg, self.inner_bounds, res)
+
+    def world_grid(self, res: int = PIXEL_M) -> Grid:
+        """The grid of the world (its snapped bounds) at ``res`` metres."""
+        return Grid.from_bounds(self.epsg, self.bounds, res)
+
     def shape(self, res: int = PIXEL_M) -> tuple[int, int]:
         """(rows, cols) of the internal arrays at ``res`` metres."""
-        xmin, ymin, xmax, ymax = self.inner_bounds
-        return ((ymax - ymin) // res, (xmax - xmin) // res)
+        return self.array_grid(res).shape
 
     def world_shape(self, res: int = PIXEL_M) -> tuple[int, int]:
-        xmin, ymin, xmax, ymax = self.bounds
-        return ((ymax - ymin) // res, (xmax - xmin) // res)
+        return self.world_grid(res).shape
 
     def window(self, bounds: tuple[int, int, int, int], res: int) -> tuple[slice, slice]:
         """Row/column slices of the internal ``res`` grid covering ``bounds`` (on that grid)."""
-        ixmin, _, _, iymax = self.inner_bounds
-        xmin, ymin, xmax, ymax = bounds
-        for value in bounds:
-            if (value - ixmin) % res:
-                raise ValueError(f"{bounds} is not on the {res} m grid of the world")
-        r0, c0 = (iymax - ymax) // res, (xmin - ixmin) // res
-        r1, c1 = (iymax - ymin) // res, (xmax - ixmin) // res
-        rows, cols = self.shape(res)
-        if r0 < 0 or c0 < 0 or r1 > rows or c1 > cols:
+        inner = self.array_grid(res)
+        try:
+            part = Grid.from_bounds(self.epsg, bounds, res)
+            window = part.window_in(inner)
+        except ValueError as error:
+            raise ValueError(f"{bounds} is not on the {res} m grid of the world: {error}") from None
+        if not inner.contains(part):
             raise ValueError(f"{bounds} leaves the world's internal grid {self.inner_bounds}")
-        return slice(r0, r1), slice(c0, c1)
+        return window.toslices()
 
     def world_window(self, res: int = PIXEL_M) -> tuple[slice, slice]:
         return self.window(self.bounds, res)
-
-    @staticmethod
-    def transform(bounds: tuple[int, int, int, int], res: int) -> tuple[float, ...]:
-        """GDAL-order affine of a ``res`` grid whose upper-left corner is that of ``bounds``."""
-        return (float(bounds[0]), float(res), 0.0, float(bounds[3]), 0.0, -float(res))

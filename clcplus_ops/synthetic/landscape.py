@@ -150,9 +150,8 @@ def land_mask(grid: WorldGrid) -> np.ndarray:
     if land_ll.is_empty:
         return np.zeros(shape, bool)
     land_utm = gpd.GeoSeries([shapely.segmentize(land_ll, 0.002)], crs="EPSG:4326").to_crs(grid.crs).iloc[0]
-    xmin, _, _, ymax = grid.inner_bounds
-    transform = Affine(PIXEL_M, 0, xmin, 0, -PIXEL_M, ymax)
-    raster = features.rasterize([(land_utm, 1)], out_shape=shape, transform=transform, fill=0, dtype="uint8")
+    raster = features.rasterize([(land_utm, 1)], out_shape=shape, transform=grid.array_grid(PIXEL_M).transform, fill=0,
+                                dtype="uint8")
     return raster.astype(bool)
 
 

@@ -32,6 +32,7 @@ from pyproj import Transformer
 
 import clcplus_ops
 from clcplus_ops.config import CLASS_NAMES, Config
+from clcplus_ops.geo.grid import Grid
 from clcplus_ops.sentinel2.bands import BANDS, SCL_ASSET_KEY, reflectance_offset
 from clcplus_ops.store import Store, fingerprint, join
 from clcplus_ops.synthetic import catalogue, clouds, noise, phenology, spectra
@@ -93,7 +94,7 @@ def build_world(config: Config, reference_year: int, store: Store | None = None,
     ``samples_csv_url``, ``world_url`` (world.json), ``items`` (count), ``skipped``,
     ``fingerprint``."""
     if store is None:
-        from clcplus_ops.plan import store_for
+        from clcplus_ops.runner import store_for
 
         store = store_for(config)
     started = time.perf_counter()
@@ -233,9 +234,9 @@ class _Builder:
 
         truth = landscape.world(landscape.classes)
         clear = np.repeat(np.repeat(clear20, 2, axis=0), 2, axis=1)
-        catalogue.write_cog(self.store, self.urls["truth_url"], np.ascontiguousarray(truth), grid.bounds, PIXEL_M,
-                            grid.epsg, nodata=0, overviews=True)
-        catalogue.write_cog(self.store, self.urls["clear_count_url"], clear, grid.bounds, PIXEL_M, grid.epsg,
+        catalogue.write_cog(self.store, self.urls["truth_url"], np.ascontiguousarray(truth), grid.world_grid(PIXEL_M),
+                            nodata=0, overviews=True)
+        catalogue.write_cog(self.store, self.urls["clear_count_url"], clear, grid.world_grid(PIXEL_M),
                             nodata=None, overviews=True)
         syn = self.config.synthetic
         samples = draw_samples(truth, grid.bounds, grid.epsg, syn.n_samples, syn.mislabelled_fraction, self.seed,
@@ -305,8 +306,8 @@ class _Builder:
     def _write_asset(self, iid: str, key: str, array: np.ndarray, granule: Granule, res: int, nodata: int,
                      fields: dict) -> dict:
         url = catalogue.asset_url(self.base, iid, key)
-        size, checksum = catalogue.write_cog(self.store, url, np.ascontiguousarray(array), granule.bounds, res,
-                                             self.grid.epsg, nodata)
+        size, checksum = catalogue.write_cog(self.store, url, np.ascontiguousarray(array),
+                                             Grid.from_bounds(self.grid.epsg, granule.bounds, res), nodata)
         xmin, _, _, ymax = granule.bounds
         h, w = array.shape
         return {
@@ -342,10 +343,10 @@ class _Builder:
 
     def _coverage20(self, granule: Granule) -> np.ndarray:
         """The world's 20 m pixels the granule's item covers."""
-        mask = np.zeros(self.grid.world_shape(20), bool)
-        xmin, ymin, xmax, ymax = granule.world_part(self.grid)
-        wx0, _, _, wy1 = self.grid.bounds
-        mask[(wy1 - ymax) // 20:(wy1 - ymin) // 20, (xmin - wx0) // 20:(xmax - wx0) // 20] = True
+        world = self.grid.world_grid(20)
+        mask = np.zeros(world.shape, bool)
+        part = Grid.from_bounds(self.grid.epsg, granule.world_part(self.grid), 20)
+        mask[part.window_in(world).toslices()] = True
         return mask
 
     # ---------------------------------------------------------------------- bookkeeping

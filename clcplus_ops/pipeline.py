@@ -1,0 +1,21 @@
+"""The chain, as declared stages in the order data flows. The DAG factory, the command line and
+the tests take stages from here (``STAGES[name]``) and run them with
+:func:`clcplus_ops.runner.run_stage`."""
+
+from __future__ import annotations
+
+from clcplus_ops.classification.classify import CLASSIFY
+from clcplus_ops.model.extraction import EXTRACT_TILE_SAMPLES
+from clcplus_ops.model.stages import AUDIT, EVALUATE, EXTRACT, FINAL_FIT, REGISTER, REVIEW
+from clcplus_ops.plan import DEFINE_TILE, JOIN_TILES, PLAN_TILES
+from clcplus_ops.postprocessing.filtering import FILTER
+from clcplus_ops.sentinel2.ingest import INGEST
+
+# A production unit's run: plan, then per tile (mapped), then the join.
+PU_START = (PLAN_TILES,)
+TILE_STAGES = (DEFINE_TILE, INGEST, CLASSIFY, FILTER)
+PU_END = (JOIN_TILES,)
+# A production unit's training (the expert review sits between audit and evaluate).
+TRAINING_STAGES = (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)
+
+STAGES = {stage.name: stage for stage in (*PU_START, *TILE_STAGES, *PU_END, EXTRACT_TILE_SAMPLES, *TRAINING_STAGES)}
