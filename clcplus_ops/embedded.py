@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from clcplus_ops.locations import static_catalog_template
+
 
 def airflow_env(home: Path, repo: Path, config_path: Path) -> dict[str, str]:
     """Environment for Airflow processes of an embedded deployment rooted at ``home``."""
@@ -37,7 +39,7 @@ def write_embedded_config(home: Path, path: Path, overrides: dict | None = None)
     data = {
         "store": {name: (store / name).as_uri() for name in ("work", "models", "samples", "products")},
         "synthetic": {"root": synthetic},
-        "sentinel2": {"static_catalog": f"{synthetic}/{{year}}/catalog.json"},
+        "sentinel2": {"static_catalog": static_catalog_template(synthetic)},
     }
     for key, value in (overrides or {}).items():
         data.setdefault(key, {}).update(value)

@@ -9,6 +9,7 @@ Roots come from the configuration (``store.work``, ``models``, ``samples``, ``pr
     {samples}/series/{year}/{tile}/series.parquet          sample time series of a tile
     {models}/{pu}/{version}/                               registered models
     {products}/{year}/{code}/                              100 km product tiles
+    {synthetic}/{year}/catalog.json, truth/, samples/...   the synthetic Sentinel-2 world of a year
     .../_records/{stage}.json                              the record of a stage run at that place
 
 Every id is checked before it touches a location: PU ids against the layout, tile ids against
@@ -93,6 +94,15 @@ def model_version_url(models_root: str, pu_id: str, version: str) -> str:
     return join(models_root, pu_id, check_version(version))
 
 
+def sample_db_batches(db_root: str) -> str:
+    """``{sample_db}/batches``: the sample DB's append-only batches."""
+    return join(db_root, "batches")
+
+
+def sample_db_batch(db_root: str, batch_id: str) -> str:
+    return join(sample_db_batches(db_root), f"{batch_id}.parquet")
+
+
 # --------------------------------------------------------------------------------------------
 # Places
 
@@ -151,6 +161,60 @@ class PUPlace(Place):
         return Place(self.file("training"))
 
 
+@dataclass(frozen=True)
+class WorldPlace(Place):
+    """The synthetic Sentinel-2 world of one reference year (a static STAC catalogue)."""
+
+    COLLECTION = "sentinel-2-c1-l2a"
+
+    @property
+    def catalog(self) -> str:
+        return self.file("catalog.json")
+
+    @property
+    def collection_folder(self) -> str:
+        return self.file(self.COLLECTION)
+
+    @property
+    def collection(self) -> str:
+        return self.file(self.COLLECTION, "collection.json")
+
+    def item(self, item_id: str) -> str:
+        return self.file(self.COLLECTION, item_id, f"{item_id}.json")
+
+    def asset(self, item_id: str, key: str) -> str:
+        return self.file(self.COLLECTION, item_id, f"{key}.tif")
+
+    @property
+    def truth(self) -> str:
+        return self.file("truth", "ground_truth.tif")
+
+    @property
+    def clear_count(self) -> str:
+        return self.file("truth", "clear_count.tif")
+
+    @property
+    def samples_geojson(self) -> str:
+        return self.file("samples", "samples.geojson")
+
+    @property
+    def samples_csv(self) -> str:
+        return self.file("samples", "samples.csv")
+
+    @property
+    def world(self) -> str:
+        return self.file("world.json")
+
+
+def synthetic_world(synthetic_root: str, year: int) -> WorldPlace:
+    return WorldPlace(join(synthetic_root, str(int(year))))
+
+
+def static_catalog_template(synthetic_root: str) -> str:
+    """The ``sentinel2.static_catalog`` value that reads a synthetic world (``{year}`` stays)."""
+    return join(synthetic_root, "{year}", "catalog.json")
+
+
 class Locations:
     """The artefact locations of one configuration."""
 
@@ -182,6 +246,9 @@ class Locations:
 
     def model(self, pu_id: str, version: str) -> str:
         return model_version_url(self.roots["models"], pu_id, version)
+
+    def synthetic_world(self, year: int) -> WorldPlace:
+        return synthetic_world(self.config.synthetic.root, year)
 
     def product_tile(self, year: int, code: str) -> Place:
         return Place(join(self.roots["products"], str(int(year)), code))

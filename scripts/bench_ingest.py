@@ -36,6 +36,7 @@ from clcplus_ops.sentinel2.ingest import read_block
 from clcplus_ops.sentinel2.scenes import StaticCatalogSource
 from clcplus_ops.store import Store
 from clcplus_ops.synthetic import build_world
+from clcplus_ops.locations import static_catalog_template
 
 YEAR = 2025
 PU = "PU084"  # the production unit of these tiles (ids are checked against the layout)
@@ -54,7 +55,7 @@ def config_for(root: Path, size_px: int) -> tuple[Path, dict]:
         "grid": {"tile_size_m": tile_m, "halo_px": 8},
         "synthetic": {"root": synthetic, "bounds": [xmin - halo_m, ymin - halo_m, xmax + halo_m, ymax + halo_m],
                       "epsg": tile.epsg, "n_samples": 100},
-        "sentinel2": {"static_catalog": f"{synthetic}/{{year}}/catalog.json"},
+        "sentinel2": {"static_catalog": static_catalog_template(synthetic)},
     }
     path = root / f"config_{size_px}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -19,9 +19,14 @@ _home = Path(tempfile.mkdtemp(prefix="clcplus-test-"))
 
 from clcplus_ops.embedded import airflow_env, write_embedded_config  # noqa: E402
 
-# Same code, smaller configuration: two label-audit rounds instead of 15 keep the training DAG
-# test to about a minute (the 15-round figures come from scripts/bench_training.py).
-_config = write_embedded_config(_home, _home / "config.yaml", {"training": {"label_audit_rounds": 2}})
+# Same code, smaller configuration: two label-audit rounds of 6 epochs instead of 15 of 12 keep
+# the training DAG test short (the 15-round figures come from scripts/bench_training.py); the synthetic world
+# covers the six DEMO1 tiles the tests run (rows 21-22, columns 35-37 of square 33TUL, plus the
+# halo) with 1,500 samples, not both demo PUs with 6,000 (the demo runs on the whole area).
+_WORLD = {"bounds": [387_500 - 80, 5_042_500 - 80, 395_000 + 80, 5_047_500 + 80], "epsg": 32633, "n_samples": 1500}
+_config = write_embedded_config(_home, _home / "config.yaml",
+                                {"training": {"label_audit_rounds": 2}, "demo": {"label_audit_epochs": 6},
+                                 "synthetic": _WORLD})
 os.environ.update(airflow_env(_home, REPO, _config))
 os.environ.update(
     # The expert who answers review requests through the REST API in the training DAG test.
@@ -52,14 +57,14 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def demo_world() -> dict:
-    """The synthetic Sentinel-2 world of the demo layout for reference year 2025, built once
-    into the session's store (the demo DAGs read its static catalogue)."""
+    """The session's synthetic Sentinel-2 world (reference year 2025, six DEMO1 tiles), built
+    once into the session's store (the demo DAGs read its static catalogue)."""
     from clcplus_ops.config import load_config
     from clcplus_ops.synthetic import build_world
 
     started = time.perf_counter()
     record = build_world(load_config(), 2025)
-    FIGURES.append(f"synthetic world (demo area, 2025): {record['items']} items built in {time.perf_counter() - started:.1f} s")
+    FIGURES.append(f"synthetic world (six DEMO1 tiles, 2025): {record['items']} items built in {time.perf_counter() - started:.1f} s")
     return record
 
 
@@ -72,6 +77,7 @@ def tile_world_config(root: Path, **extra) -> "Config":
     ``extra`` sections merged in (e.g. ``time_series={"block_px": 256}``)."""
     from clcplus_ops.config import parse_config
     from clcplus_ops.geo.tiles import tile_from_id
+    from clcplus_ops.locations import static_catalog_template
 
     xmin, ymin, xmax, ymax = tile_from_id(TILE_WORLD_TILE, 2_500).bounds
     pad = TILE_WORLD_HALO * 10
@@ -80,7 +86,7 @@ def tile_world_config(root: Path, **extra) -> "Config":
         "store": {name: (root / name).as_uri() for name in ("work", "models", "samples", "products")},
         "synthetic": {"root": synthetic, "bounds": [xmin - pad, ymin - pad, xmax + pad, ymax + pad],
                       "epsg": 32633, "n_samples": 60},
-        "sentinel2": {"static_catalog": f"{synthetic}/{{year}}/catalog.json"},
+        "sentinel2": {"static_catalog": static_catalog_template(synthetic)},
         "demo": {"grid": {"tile_size_m": 2500, "pu_buffer_m": 1000, "halo_px": TILE_WORLD_HALO}},
     }
     for section, values in extra.items():
@@ -113,19 +119,76 @@ def tile_world(tmp_path_factory) -> dict:
             "halo": TILE_WORLD_HALO, "year": 2025}
 
 
-@pytest.fixture(scope="session")
-def demo_model(demo_world) -> dict:
-    """DEMO1's registered model, trained on the world's samples the way the demo does when the
-    registry has none (the training DAG test may register later versions)."""
-    from clcplus_ops.config import load_config
-    from clcplus_ops.demo import ensure_models
+def random_tempcnn(config, x, seed: int = 0):
+    """An untrained TempCNN: the configured architecture made narrower (16 filters, 64 dense
+    units: the inference code is the same for any width, and it runs several times faster),
+    seeded random weights and batch-norm affine terms; the normalisation and the batch-norm
+    statistics are those of ``x`` (int16 (pixels, features, steps); one forward pass over a
+    sample of it, no training), so activations keep their spread, pixels get different classes
+    and folding non-trivial statistics is tested. Inference, filtering and the DAGs do not
+    depend on how a model was trained: their tests use this instead of training one."""
+    import torch
 
-    started = time.perf_counter()
-    (model,) = ensure_models(load_config(), 2025, ["DEMO1"], demo_world["samples_csv_url"])
-    if model["trained"]:
-        FIGURES.append(f"DEMO1 model trained for the session (extract, hold-out, final fit, register): "
-                       f"{time.perf_counter() - started:.1f} s, hold-out OA {100 * model['overall_accuracy']:.1f} %")
-    return model
+    from clcplus_ops.model.tempcnn import Architecture, TempCNN
+    from clcplus_ops.model.trainer import Normaliser, TrainedModel, TrainParams
+
+    training = config.training
+    classes = sorted(config.codes.classes)
+    arch = Architecture(channels=x.shape[1], time_steps=x.shape[2], classes=len(classes),
+                        conv_layers=training.conv_layers, conv_filters=16, kernel_size=training.kernel_size,
+                        dense_units=64, dropout=training.dropout)
+    torch.manual_seed(seed)
+    net = TempCNN(arch)
+    normaliser = Normaliser.fit(x)
+    generator = torch.Generator().manual_seed(seed)
+    sample = x[torch.randperm(len(x), generator=generator)[:4096].numpy()]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.normal_(0.0, 0.2, generator=generator)
+            norm.reset_running_stats()
+            norm.momentum = None  # the running statistics become the sample's
+        net.train()
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        net(normaliser.apply(sample))
+        net.logits.weight.mul_(3.0)  # less flat probabilities
+    state = {name: value.clone() for name, value in net.state_dict().items()}
+    return TrainedModel(arch, classes, normaliser, state, TrainParams.from_config(training))
+
+
+def register_model(config, model, pu_id: str, reference_year: int = 2025) -> str:
+    """Register ``model`` as the next version of ``pu_id``'s model in ``config``'s registry, with
+    the card fields classification checks; returns the version."""
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.model import registry
+    from clcplus_ops.runner import store_for
+    from clcplus_ops.sentinel2.timeseries import feature_names
+
+    s2 = config.sentinel2
+    card = {"model": {"architecture": "TempCNN, untrained (test)", "classes": model.classes,
+                      "input": {"features": feature_names(s2.bands, s2.indices),
+                                "steps": len(config.time_series.steps(reference_year))}}}
+    return registry.register_model(store_for(config), Locations(config).models, pu_id,
+                                   {"model.pt": model.to_bytes()}, card).version
+
+
+@pytest.fixture(scope="session")
+def demo_random_model(demo_world) -> dict:
+    """A randomly initialised TempCNN registered as DEMO1's model in the session's registry
+    (normalised on synthetic-range reflectances), for the DAG and runner tests that classify."""
+    import numpy as np
+
+    from clcplus_ops.config import load_config
+
+    config = load_config().for_layout("demo")
+    s2 = config.sentinel2
+    shape = (4096, len(s2.bands) + len(s2.indices), config.time_series.n_steps)
+    x = np.random.default_rng(0).normal(1500, 900, shape).clip(-9999, 9999).astype(np.int16)
+    model = random_tempcnn(config, x)
+    return {"pu_id": "DEMO1", "version": register_model(config, model, "DEMO1")}
 
 
 def shared_path(*parts: str) -> Path:

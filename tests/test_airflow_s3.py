@@ -110,7 +110,7 @@ print("dag run state:", run.state)
 """
 
 
-def test_demo_dag_on_s3_with_credentials_only_in_the_connection(s3_only_in_connection, demo_world, demo_model,
+def test_demo_dag_on_s3_with_credentials_only_in_the_connection(s3_only_in_connection, demo_world, demo_random_model,
                                                                 airflow_db, tmp_path, figure):
     config = s3_only_in_connection["config"]
     demo = config.for_layout("demo")

@@ -25,6 +25,7 @@ from clcplus_ops.sentinel2.scenes import StaticCatalogSource
 from clcplus_ops.stage import Target
 from clcplus_ops.store import S3Settings, Store
 from clcplus_ops.synthetic import build_world
+from clcplus_ops.locations import static_catalog_template
 
 from conftest import TILE_WORLD_HALO as HALO
 from conftest import TILE_WORLD_TILE as TILE_ID
@@ -267,7 +268,7 @@ def test_ingest_with_world_and_work_on_s3(s3_server, s3_bucket):
         # the S3 API server takes ~30 ms a request and every scene is 14 objects
         "synthetic": {"root": f"s3://{bucket}/synthetic", "bounds": [xmin - 80, ymax - 640, xmin + 560, ymax + 80],
                       "epsg": 32633, "n_samples": 20, "revisit_days": 25},
-        "sentinel2": {"static_catalog": f"s3://{bucket}/synthetic/{{year}}/catalog.json"},
+        "sentinel2": {"static_catalog": static_catalog_template(f"s3://{bucket}/synthetic")},
         "demo": {"grid": {"tile_size_m": 2500, "pu_buffer_m": 1000, "halo_px": HALO}},
     }).for_layout("demo")
     store = Store(S3Settings(endpoint_url=endpoint, region=config.store.s3_region))

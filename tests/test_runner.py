@@ -791,7 +791,7 @@ def test_cli_runs_any_declared_stage(tmp_path: Path, capsys) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_tile(demo_world, demo_model, tmp_path_factory) -> dict:
+def real_tile(demo_world, demo_random_model, tmp_path_factory) -> dict:
     """A demo tile ingested and classified into a work root of its own, with the session's world
     and DEMO1 model."""
     from clcplus_ops.config import load_config

@@ -25,6 +25,7 @@ from clcplus_ops.synthetic.granules import granules_for
 from clcplus_ops.synthetic.grid import WorldGrid
 from clcplus_ops.synthetic.landscape import build_landscape
 from clcplus_ops.synthetic.render import CALIBRATION_SD, NOISE_ABS, NOISE_REL
+from clcplus_ops.locations import synthetic_world
 
 from conftest import shared_path
 
@@ -478,7 +479,7 @@ def test_build_on_s3(s3_server: str, s3_bucket: str, tmp_path: Path) -> None:
         "time_series": SHORT_WINDOW,
     })
     record = build_world(config, YEAR)
-    assert record["catalog_url"] == f"{s3_bucket}/{YEAR}/catalog.json"
+    assert record["catalog_url"] == synthetic_world(s3_bucket, YEAR).catalog
     store = Store(S3Settings(endpoint_url=s3_server))
     item_json = [u for u in store.list(f"{s3_bucket}/{YEAR}") if u.endswith("_L2A.json")]
     assert len(item_json) == record["items"] >= 12

@@ -73,7 +73,8 @@ from pyproj.exceptions import CRSError
 
 from clcplus_ops.config import CLASS_NAMES
 from clcplus_ops.errors import ClcplusError
-from clcplus_ops.store import Store, join
+from clcplus_ops.locations import sample_db_batch, sample_db_batches
+from clcplus_ops.store import Store
 
 log = logging.getLogger("clcplus_ops.model.sample_db")
 
@@ -237,7 +238,7 @@ class SampleDB:
 def load_sample_db(store: Store, root_url: str) -> SampleDB:
     """The current state of the DB at ``root_url`` (an empty DB when nothing is there)."""
     named = []
-    for url in store.list(join(root_url, BATCHES)):
+    for url in store.list(sample_db_batches(root_url)):
         name = url.rsplit("/", 1)[-1]
         if _BATCH_FILE.match(name):
             named.append((name[: -len(".parquet")], url))
@@ -486,7 +487,7 @@ def _write_batch(store: Store, root_url: str, kind: str, created: pd.Timestamp, 
     else:
         geometry = gpd.GeoSeries(np.full(n, None, dtype=object), crs="EPSG:4326")
     batch_id = f"{created:%Y%m%dT%H%M%SZ}-{kind}-{digest.hexdigest()[:8]}"
-    url = join(root_url, BATCHES, f"{batch_id}.parquet")
+    url = sample_db_batch(root_url, batch_id)
     if store.exists(url):
         log.info("sample DB batch %s already stored: not written again", url)
         return batch_id, url

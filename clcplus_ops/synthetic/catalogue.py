@@ -25,11 +25,12 @@ from rasterio.io import MemoryFile
 
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.sentinel2.bands import BANDS, REFLECTANCE_SCALE, SCL_ASSET_KEY, SCL_RESOLUTION_M
-from clcplus_ops.store import Store, join
+from clcplus_ops.locations import WorldPlace
+from clcplus_ops.store import Store
 from clcplus_ops.synthetic.acquisitions import RELATIVE_ORBIT, Acquisition, earth_sun_factor
 from clcplus_ops.synthetic.granules import Granule
 
-COLLECTION_ID = "sentinel-2-c1-l2a"
+COLLECTION_ID = WorldPlace.COLLECTION
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
@@ -315,8 +316,8 @@ def catalog_dict(year: int) -> dict[str, Any]:
 
 
 def item_url(year_url: str, iid: str) -> str:
-    return join(year_url, COLLECTION_ID, iid, f"{iid}.json")
+    return WorldPlace(year_url).item(iid)
 
 
 def asset_url(year_url: str, iid: str, key: str) -> str:
-    return join(year_url, COLLECTION_ID, iid, f"{key}.tif")
+    return WorldPlace(year_url).asset(iid, key)

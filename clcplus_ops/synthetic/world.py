@@ -34,7 +34,8 @@ import clcplus_ops
 from clcplus_ops.config import CLASS_NAMES, Config
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.sentinel2.bands import BANDS, SCL_ASSET_KEY, reflectance_offset
-from clcplus_ops.store import Store, fingerprint, join
+from clcplus_ops.locations import WorldPlace, synthetic_world
+from clcplus_ops.store import Store, fingerprint
 from clcplus_ops.synthetic import catalogue, clouds, noise, phenology, spectra
 from clcplus_ops.synthetic.acquisitions import Acquisition, acquisitions, sun_position
 from clcplus_ops.synthetic.granules import Granule, granules_for
@@ -52,7 +53,7 @@ STAGE = "synthetic_world"
 
 
 def world_url(config: Config, reference_year: int) -> str:
-    return join(config.synthetic.root, str(reference_year))
+    return synthetic_world(config.synthetic.root, reference_year).base
 
 
 def resolve_area(config: Config) -> WorldGrid:
@@ -101,14 +102,15 @@ def build_world(config: Config, reference_year: int, store: Store | None = None,
     grid = resolve_area(config)
     spec = world_spec(config, reference_year, grid)
     fp = fingerprint(stage=STAGE, inputs={}, params=spec, version=VERSION)
-    base = world_url(config, reference_year)
+    place = synthetic_world(config.synthetic.root, reference_year)
+    base = place.base
     urls = {
-        "catalog_url": join(base, "catalog.json"),
-        "truth_url": join(base, "truth", "ground_truth.tif"),
-        "clear_count_url": join(base, "truth", "clear_count.tif"),
-        "samples_url": join(base, "samples", "samples.geojson"),
-        "samples_csv_url": join(base, "samples", "samples.csv"),
-        "world_url": join(base, "world.json"),
+        "catalog_url": place.catalog,
+        "truth_url": place.truth,
+        "clear_count_url": place.clear_count,
+        "samples_url": place.samples_geojson,
+        "samples_csv_url": place.samples_csv,
+        "world_url": place.world,
     }
     existing = _read_world(store, urls["world_url"])
     if (existing is not None and existing.get("fingerprint") == fp and not force
@@ -253,7 +255,7 @@ class _Builder:
         platforms = sorted({a.platform for a in acqs})
         collection = catalogue.collection_dict(item_ids=[i["id"] for i in items], bbox=extent, interval=interval,
                                                platforms=platforms, offset=self.offset, year=self.year)
-        collection_url = join(self.base, catalogue.COLLECTION_ID, "collection.json")
+        collection_url = WorldPlace(self.base).collection
         self.store.write_json(collection_url, collection)
         self.store.write_json(self.urls["catalog_url"], catalogue.catalog_dict(self.year))
         written.add(collection_url)
@@ -353,7 +355,7 @@ class _Builder:
 
     def _remove_stale(self, written: set[str]) -> None:
         """Delete items of an earlier build (other dates or granules) under the collection."""
-        prefix = join(self.base, catalogue.COLLECTION_ID)
+        prefix = WorldPlace(self.base).collection_folder
         stale = [u for u in self.store.list(prefix) if u not in written]
         for url in stale:
             self.store.delete(url)
