@@ -72,7 +72,7 @@ TILE_WORLD_TILE = "33TUL_r22c37"  # a demo-grid tile (2.5 km) on the coast near 
 TILE_WORLD_HALO = 8
 
 
-def tile_world_config(root: Path, **extra) -> "Config":
+def tile_world_config(root: Path, **extra):
     """The configuration of a one-tile synthetic world under ``root`` (demo layout), with
     ``extra`` sections merged in (e.g. ``time_series={"block_px": 256}``)."""
     from clcplus_ops.config import parse_config

@@ -139,3 +139,37 @@ def test_pu_buffer_adds_the_tiles_within_reach():
     plain = {t.tile_id for t in tiles.tiles_for_pu(Unit, 2_500, 0)}
     buffered = {t.tile_id for t in tiles.tiles_for_pu(Unit, 2_500, 1_000)}
     assert plain < buffered
+
+
+def test_product_tiles_have_their_grid_on_the_100_km_lines():
+    from clcplus_ops.geo.eea_grid import product_tile
+    from clcplus_ops.geo.grid import Grid
+
+    cell = product_tile("e44n36").grid(10, 250.0)
+    assert cell == Grid.from_bounds(3035, (4_400_000, 3_600_000, 4_500_000, 3_700_000), 10)
+    assert cell.shape == (10_000, 10_000) and cell.crs == "EPSG:3035"
+    assert [b.shape for _, _, b in cell.blocks(4096)][:3] == [(4096, 4096), (4096, 4096), (4096, 1808)]
+    reunion = product_tile("re").grid(10, 250.0)
+    assert reunion.epsg == 32740 and all(v % 10 == 0 for v in reunion.bounds)
+    assert 40_000 < reunion.width * 10 < 90_000 and 40_000 < reunion.height * 10 < 90_000
+
+
+def test_grid_pads_crops_and_finds_windows():
+    from clcplus_ops.geo.grid import Grid
+    from clcplus_ops.geo.tiles import tile_from_id
+
+    tile = tile_from_id("33TUL_r22c37", 2_500)
+    core, halo = tile.grid(0), tile.grid(8)
+    assert halo.shape == (266, 266) and halo.crop(8) == core and core.pad(8) == halo
+    window = core.window_in(halo)
+    assert (window.col_off, window.row_off, window.width, window.height) == (8, 8, 250, 250)
+    assert halo.contains(core) and not core.contains(halo)
+    assert Grid.from_dict(halo.to_dict()) == halo
+    strips = list(halo.strips(100))
+    assert [s.height for _, _, s in strips] == [100, 100, 66] and all(s.width == 266 for _, _, s in strips)
+    rows, cols = halo.pixel_of([halo.bounds[0] + 5], [halo.bounds[3] - 5])
+    assert (rows[0], cols[0]) == (0, 0)
+    footprint = halo.footprint_lonlat()
+    assert footprint.contains(footprint.centroid) and 13.5 < footprint.centroid.x < 13.8
+    with pytest.raises(ValueError, match="not aligned"):
+        Grid(halo.epsg, halo.transform @ halo.transform.translation(0.5, 0), 10, 10).window_in(halo)

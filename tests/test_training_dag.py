@@ -13,7 +13,6 @@ import time
 import pytest
 
 from clcplus_ops.config import load_config
-from clcplus_ops.errors import InvalidIdError
 from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry, stages
 from clcplus_ops.model.sample_db import import_samples, load_sample_db
@@ -251,30 +250,3 @@ def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(train
         apply(choice="approve")
     with pytest.raises(stages.TrainingError, match="needs the URL"):
         apply(choice="decisions")
-
-
-def test_a_unit_without_samples_fails_with_a_clear_message(tmp_path):
-    from clcplus_ops.config import parse_config
-
-    root = tmp_path / "store"
-    config = parse_config({"store": {n: (root / n).as_uri() for n in ("work", "models", "samples", "products")}})
-    with pytest.raises(stages.TrainingError, match="no active sample inside"):
-        run_stage(EXTRACT, config, Target("demo", YEAR, "DEMO2"))
-    with pytest.raises(InvalidIdError, match="not in the demo layout"):
-        run_stage(EXTRACT, config, Target("demo", YEAR, "NOPE"))
-
-
-def test_holdout_is_stratified_and_keeps_polygons_on_one_side():
-    import numpy as np
-
-    y = np.repeat(np.arange(1, 6), 40)
-    groups = np.array([f"poly{i // 4}" for i in range(len(y))])  # 4 samples per polygon, one class each
-    table = stages.TrainingTable(sample_ids=np.arange(len(y)).astype(str), x=np.zeros((len(y), 1, 1), np.int16), y=y,
-                                 groups=groups, lon=np.zeros(len(y)), lat=np.zeros(len(y)), data_hash="", never_observed=[])
-    train, test = stages.holdout_split(table, 0.2, 0)
-    assert not set(groups[train]) & set(groups[test])
-    assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(y)))
-    assert np.bincount(y[test], minlength=6)[1:].tolist() == [8] * 5
-    ungrouped = stages.TrainingTable(**{**table.__dict__, "groups": None})
-    train, test = stages.holdout_split(ungrouped, 0.2, 0)
-    assert len(test) == 40 and np.bincount(y[test], minlength=6)[1:].tolist() == [8] * 5

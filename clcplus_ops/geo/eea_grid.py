@@ -33,6 +33,24 @@ class ProductTile:
     def crs(self) -> str:
         return f"EPSG:{self.epsg}"
 
+    def grid(self, res: int, aoi_buffer_m: float):
+        """The tile's pixel grid (``res``: ``grid.pixel_size_m``): the 100 km cell (10,000 x
+        10,000 px at 10 m, origin on the 100 km lines); for a DOM, its land buffered by
+        ``aoi_buffer_m`` (``grid.aoi_buffer_m``) in its UTM zone, the bounds snapped outward to
+        the ``res`` grid."""
+        import math
+
+        from clcplus_ops.geo.grid import Grid
+
+        if self.bounds is not None:
+            return Grid.from_bounds(self.epsg, self.bounds, res)
+        from clcplus_ops.geo.aoi import dom_aoi
+
+        xmin, ymin, xmax, ymax = dom_aoi(self.code, aoi_buffer_m).bounds
+        snapped = (math.floor(xmin / res) * res, math.floor(ymin / res) * res,
+                   math.ceil(xmax / res) * res, math.ceil(ymax / res) * res)
+        return Grid.from_bounds(self.epsg, snapped, res)
+
 
 def tile_code(easting_m: float, northing_m: float) -> str:
     """Tile code of the cell whose lower-left corner is (easting, northing): "e44n36"."""

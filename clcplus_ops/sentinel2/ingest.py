@@ -335,7 +335,7 @@ def _compute(io: StageIO) -> dict:
     config, target, access = io.config, io.target, io.external
     pu_id, year = target.pu_id, target.reference_year
     tile = io.tile
-    s2, series = config.sentinel2, config.time_series
+    series = config.time_series
     grid = tile.grid(config.grid.halo_px)
     window_start, _ = series.window(year)
     scenes = find_tile_scenes(config, access.source, grid, tile, pu_id, year)
