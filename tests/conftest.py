@@ -19,13 +19,15 @@ _home = Path(tempfile.mkdtemp(prefix="clcplus-test-"))
 
 from clcplus_ops.embedded import airflow_env, write_embedded_config  # noqa: E402
 
-# Same code, smaller configuration: two label-audit rounds of 6 epochs instead of 15 of 12 keep
-# the training DAG test short (the 15-round figures come from scripts/bench_training.py); the synthetic world
-# covers the six DEMO1 tiles the tests run (rows 21-22, columns 35-37 of square 33TUL, plus the
-# halo) with 1,500 samples, not both demo PUs with 6,000 (the demo runs on the whole area).
+# Same code, smaller configuration: two 2-fold label-audit rounds of 6 epochs (not 15 3-fold
+# rounds of 12) keep the training DAG test short (the 15-round figures come from
+# scripts/bench_training.py); the synthetic world covers the six DEMO1 tiles the tests run (rows
+# 21-22, columns 35-37 of square 33TUL, plus the halo) with 1,500 samples, not both demo PUs
+# with 6,000 (the demo runs on the whole area).
 _WORLD = {"bounds": [387_500 - 80, 5_042_500 - 80, 395_000 + 80, 5_047_500 + 80], "epsg": 32633, "n_samples": 1500}
 _config = write_embedded_config(_home, _home / "config.yaml",
-                                {"training": {"label_audit_rounds": 2}, "demo": {"label_audit_epochs": 6},
+                                {"training": {"label_audit_rounds": 2, "label_audit_folds": 2},
+                                 "demo": {"label_audit_epochs": 6},
                                  "synthetic": _WORLD})
 os.environ.update(airflow_env(_home, REPO, _config))
 os.environ.update(

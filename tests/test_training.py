@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +32,9 @@ from clcplus_ops.model.trainer import TrainedModel, TrainParams, fit, validation
 from clcplus_ops.runner import run_stage, stage_record, store_for
 from clcplus_ops.stage import Target
 from clcplus_ops.synthetic.samples import expert_decisions
+from conftest import SHARED, shared_path
 
-FORMOSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "timeseries" / "formosat2_tempcnn_example"
+FORMOSAT = SHARED / "data" / "timeseries" / "formosat2_tempcnn_example"
 TRAINING = Config().training
 ATBD = TrainParams.from_config(TRAINING)
 SMALL = replace(ATBD, epochs=4, batch_size=32, conv_filters=8, dense_units=16, patience_epochs=10)
@@ -152,7 +152,7 @@ def test_training_config_names_the_schedule_and_refuses_bad_rates():
 
 
 def _formosat(name: str):
-    table = np.loadtxt(FORMOSAT / name, delimiter=",")
+    table = np.loadtxt(shared_path(*FORMOSAT.relative_to(SHARED).parts, name), delimiter=",")
     # class, polygon id, then 149 dates x (NIR, R, G), date-major
     x = table[:, 2:].reshape(len(table), -1, 3).transpose(0, 2, 1).astype(np.float32)
     return x, table[:, 0].astype(int), table[:, 1].astype(int)
