@@ -40,7 +40,7 @@ from clcplus_ops.store import S3Settings, Store, StoreError, StoreUnreachableErr
 
 TESTS = Path(__file__).resolve().parent
 ROOTS = ("work", "models", "samples", "products")
-TILE = "33TUL_r22c37"
+TILE = "33TUL_r21c37"  # a DEMO1 tile inside the session's synthetic world
 TARGET = Target("demo", 2025, "DEMO1", TILE)
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 TMP = store_module._TMP_PREFIX
@@ -224,9 +224,9 @@ def test_run_skip_force_and_the_summary(any_config: Config) -> None:
     assert third == first and CALLS == ["toy_source"] * 2
 
     record = assert_verified(config, TOY_SOURCE)
-    assert record.outputs == {"raster": "work:2025/DEMO1/tiles/33TUL_r22c37/toy/grid.tif",
-                              "table": "work:2025/DEMO1/tiles/33TUL_r22c37/toy/table.npy",
-                              "meta": "work:2025/DEMO1/tiles/33TUL_r22c37/toy/meta.json"}
+    assert record.outputs == {"raster": f"work:2025/DEMO1/tiles/{TILE}/toy/grid.tif",
+                              "table": f"work:2025/DEMO1/tiles/{TILE}/toy/table.npy",
+                              "meta": f"work:2025/DEMO1/tiles/{TILE}/toy/meta.json"}
     assert record.target == TARGET.to_dict() and record.details["pixels"] == 250 * 250
     store = store_of(config)
     with rasterio.Env(), store.local_read(first["outputs"]["raster"]) as path, rasterio.open(path) as dataset:
