@@ -19,8 +19,6 @@ from clcplus_ops.stage import External, Stage, StageIO, Target
 
 log = logging.getLogger(__name__)
 
-# The per-tile stages, in order; a tile is finished when each has its committed record.
-TILE_STAGE_NAMES = ("define_tile", "ingest", "classify", "filter")
 
 
 class TilesNotFinishedError(PermanentError):
@@ -140,6 +138,7 @@ DEFINE_TILE = Stage(
 
 
 def _join_prepare(ctx) -> External:
+    from clcplus_ops.pipeline import TILE_STAGES  # the catalogue imports this module: read it late
     from clcplus_ops.runner import CorruptRecordError
 
     target = ctx.target
@@ -149,7 +148,7 @@ def _join_prepare(ctx) -> External:
     for tile_id in tiles:
         tile_target = Target(target.layout, target.reference_year, target.pu_id, tile_id)
         fingerprints = {}
-        for stage in TILE_STAGE_NAMES:
+        for stage in (s.name for s in TILE_STAGES):  # a tile is finished when each has its record
             try:
                 record = ctx.record(stage, target=tile_target, scope="tile")
             except CorruptRecordError:
@@ -187,4 +186,4 @@ JOIN_TILES = Stage(
 )
 
 
-__all__ = ["DEFINE_TILE", "JOIN_TILES", "PLAN_TILES", "TILE_STAGE_NAMES", "TilesNotFinishedError", "planned_tiles"]
+__all__ = ["DEFINE_TILE", "JOIN_TILES", "PLAN_TILES", "TilesNotFinishedError", "planned_tiles"]

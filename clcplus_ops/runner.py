@@ -224,7 +224,7 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
     staging = store.staging_dir(place.base)
     started = time.perf_counter()
     try:
-        inputs = {(s, n): Input(s, n, locations.resolve(loc), _opener(store), store.read_bytes)
+        inputs = {(s, n): Input(s, n, locations.resolve(loc), _open_raster, store.read_bytes)
                   for s, r in upstream.items() for n, loc in r.outputs.items()}
         io = StageIO(stage=stage, config=config, target=target, params=params, options=options,
                      external=external.value, inputs=inputs,
@@ -257,15 +257,13 @@ def _gdal_env(store: Store, locations: Locations):
     return gdal_env(store.s3_settings)
 
 
-def _opener(store: Store):
-    def open_raster(url: str):
-        import rasterio
+def _open_raster(url: str):
+    """A stage input opened with rasterio (inside the run's GDAL environment, see _gdal_env)."""
+    import rasterio
 
-        from clcplus_ops.raster_io import gdal_path
+    from clcplus_ops.raster_io import gdal_path
 
-        return rasterio.open(gdal_path(url))
-
-    return open_raster
+    return rasterio.open(gdal_path(url))
 
 
 def _input_record(ctx: RunContext, name: str) -> StageRecord:

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,17 +69,10 @@ class Resources:
     memory: Literal["small", "medium", "large"] = "small"
 
     def placement(self, config: Config) -> dict:
-        def field_value(path: str | None):
-            value: Any = config
-            for part in (path or "").split(".") if path else []:
-                value = getattr(value, part)
-            return value if path else None
-
-        out = {"pool": field_value(self.pool) or config.airflow.default_pool}
-        queue = field_value(self.queue)
-        if queue:
-            out["queue"] = queue
-        return out
+        """Airflow's ``pool`` (and ``queue`` where one is set) for this configuration."""
+        pool = attrgetter(self.pool)(config) if self.pool else None
+        queue = attrgetter(self.queue)(config) if self.queue else None
+        return {"pool": pool or config.airflow.default_pool, **({"queue": queue} if queue else {})}
 
 
 @dataclass(frozen=True)

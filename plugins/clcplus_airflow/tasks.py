@@ -109,8 +109,5 @@ def stage_task(stage: Stage, layout: str, config: Config, *, pu_id: str | None =
 
 def planned_tile_ids(summary: dict, run: TaskRun) -> list[str]:
     """The plan stage's result for Airflow: the planned tile ids, which the tile tasks map over
-    (Airflow maps only over a task's whole return value)."""
-    from clcplus_ops.plan import planned_tiles
-
-    target = run.target
-    return planned_tiles(run.config, target.layout, target.pu_id, target.reference_year, run.store)
+    (Airflow maps only over a task's whole return value), read from the plan it committed."""
+    return [t["tile_id"] for t in run.store.read_json(summary["outputs"]["plan"])["tiles"]]
