@@ -17,7 +17,8 @@ COPY --chown=airflow:root include/ /opt/airflow/include/
 ENV CLCPLUS_CACHE_DIR=/opt/airflow/cache
 # Warm the tile-index cache so the first DAG parse does not compute it.
 RUN python -c "from clcplus_ops.config import load_config; from clcplus_ops.geo.tile_index import tile_index; c = load_config(); [tile_index(c.layout_path(l), c.for_layout(l).grid) for l in c.LAYOUTS]"
-# Compile the numba kernels once into a cache the airflow user can write (the package folder
-# may not be writable), so tasks start without the few seconds of JIT compilation.
+# Compile the numba kernels (bilateral filter, time-series interpolation) once into a cache the
+# airflow user can write (the package folder may not be writable), so tasks load them instead of
+# compiling for seconds each in every fresh container.
 ENV NUMBA_CACHE_DIR=/opt/airflow/cache/numba
-RUN python -c "import numpy as np; from clcplus_ops.sentinel2 import timeseries as ts; ts.interpolate(np.zeros((1, 8, 1), 'int16'), np.ones((1, 1), bool), np.zeros(1), np.zeros(1), ts.index_band_positions(['B01','B03','B04','B05','B08','B09','B11','B12'], ['NDVI','NDWI','NDMI','NBR']))"
+RUN python -m clcplus_ops.jit

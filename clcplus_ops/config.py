@@ -172,6 +172,17 @@ class AirflowConfig(Section):
     aws_conn_id: str = "aws_default"
     # The pool of tasks whose stage declares no pool of its own.
     default_pool: str = "default_pool"
+    # The layouts whose DAGs the DAG files make: a production deployment may leave the demo out,
+    # a demo deployment the 138 production units (each DAG costs the DAG processor and every
+    # dag.test() a serialisation).
+    layouts: tuple[Literal["production", "demo"], ...] = ("production", "demo")
+
+    @field_validator("layouts")
+    @classmethod
+    def _some_layouts(cls, layouts: tuple[str, ...]) -> tuple[str, ...]:
+        if not layouts or len(set(layouts)) != len(layouts):
+            raise ValueError(f"name each layout once, at least one: {list(layouts)}")
+        return layouts
 
 
 class GridConfig(Section):
@@ -407,6 +418,8 @@ class StoreConfig(Section):
     products: str = "file:///tmp/clcplus/products"
     s3_endpoint_url: str | None = None
     s3_region: str = "eu-central-1"
+    # Attempts per S3 request (boto3's standard retry mode: throttling, 5xx, lost connections).
+    s3_max_attempts: int = Field(5, ge=1, le=20)
 
     @field_validator("work", "models", "samples", "products")
     @classmethod

@@ -168,7 +168,8 @@ def place_of(scope: str, locations: Locations, target: Target) -> Place:
 def store_for(config: Config, s3: S3Settings | None = None) -> Store:
     """The store of a configuration; ``s3`` (e.g. from an Airflow connection) overrides the
     configured endpoint and region and carries the credentials."""
-    return Store(s3 or S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region))
+    return Store(s3 or S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region,
+                                   max_attempts=config.store.s3_max_attempts))
 
 
 def checked_target(config: Config, stage: Stage, target: Target) -> Target:

@@ -75,6 +75,7 @@ class S3Settings:
     endpoint_url: str | None = None
     region: str = "eu-central-1"
     addressing_style: str = "path"
+    max_attempts: int = 5  # per request, boto3's standard retry mode
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -202,7 +203,7 @@ class Store:
                     }
                 config = botocore.config.Config(
                     s3={"addressing_style": s.addressing_style},
-                    retries={"mode": "standard", "max_attempts": 5},
+                    retries={"mode": "standard", "total_max_attempts": s.max_attempts},  # first try included
                     **extra,
                 )
                 # A private session: boto3's default session is not thread-safe.

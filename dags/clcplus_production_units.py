@@ -1,7 +1,7 @@
 """Airflow DAG factory: one production DAG per production unit (PU).
 
-Builds ``clcplus_pu_<PU id>`` for every PU of the configured production layout (138 by default)
-and of the demo layout. Each DAG plans the PU's tiles, fans out to one mapped task group per
+Builds ``clcplus_pu_<PU id>`` for every PU of the layouts named in ``airflow.layouts``: the
+production layout (138 PUs by default) and the demo layout. Each DAG plans the PU's tiles, fans out to one mapped task group per
 tile (the map index shows the tile id) made of the declared tile stages
 (:data:`clcplus_ops.pipeline.TILE_STAGES`, in order), then joins; ``select_model`` fixes the
 model every tile of the run is classified with. Tasks only run stages
@@ -47,7 +47,7 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
 
 def _build_all() -> None:
     config = load_config()
-    for layout in config.LAYOUTS:
+    for layout in config.airflow.layouts:
         path = config.layout_path(layout)
         grid = config.for_layout(layout).grid
         tiles = tile_index(path, grid)

@@ -1,5 +1,5 @@
-"""Airflow DAGs of the training side: one per layout (``clcplus_training`` for the production
-layout, ``clcplus_training_demo`` for the demo).
+"""Airflow DAGs of the training side: one per layout named in ``airflow.layouts``
+(``clcplus_training`` for the production layout, ``clcplus_training_demo`` for the demo).
 
 For each production unit picked in the params, a mapped task group runs the declared training
 stages (:data:`clcplus_ops.pipeline.TRAINING_STAGES`): extract ► audit ► expert review ► apply
@@ -56,5 +56,6 @@ def build_training_dag(layout: str, dag_id: str) -> DAG:
     return dag
 
 
-clcplus_training = build_training_dag("production", "clcplus_training")
-clcplus_training_demo = build_training_dag("demo", "clcplus_training_demo")
+for _layout in load_config().airflow.layouts:
+    _dag = build_training_dag(_layout, "clcplus_training" if _layout == "production" else f"clcplus_training_{_layout}")
+    globals()[_dag.dag_id] = _dag

@@ -20,15 +20,19 @@ _home = Path(tempfile.mkdtemp(prefix="clcplus-test-"))
 from clcplus_ops.embedded import airflow_env, write_embedded_config  # noqa: E402
 
 # Same code, smaller configuration: two 2-fold label-audit rounds of 6 epochs (not 15 3-fold
-# rounds of 12) keep the training DAG test short (the 15-round figures come from
-# scripts/bench_training.py); the synthetic world covers the six DEMO1 tiles the tests run (rows
+# rounds of 12) and hold-out and final models of at most 12 epochs (not 60; no test of the
+# session's models asserts an accuracy) keep the training DAG test short (the 15-round, 60-epoch
+# figures come from scripts/bench_training.py and the demo); the synthetic world covers the six DEMO1 tiles the tests run (rows
 # 21-22, columns 35-37 of square 33TUL, plus the halo) with 1,500 samples, not both demo PUs
 # with 6,000 (the demo runs on the whole area).
 _WORLD = {"bounds": [387_500 - 80, 5_042_500 - 80, 395_000 + 80, 5_047_500 + 80], "epsg": 32633, "n_samples": 1500}
-_config = write_embedded_config(_home, _home / "config.yaml",
-                                {"training": {"label_audit_rounds": 2, "label_audit_folds": 2},
-                                 "demo": {"label_audit_epochs": 6},
-                                 "synthetic": _WORLD})
+# The session's Airflow makes the demo layout's DAGs only: every dag.test() re-parses and
+# re-serialises the whole DAG folder, and the 139 production DAGs cost seconds each time. The
+# DagBag tests parse both layouts (``ALL_LAYOUTS_CONFIG``), which the deployments make by default.
+_SETTINGS = {"training": {"label_audit_rounds": 2, "label_audit_folds": 2, "epochs": 12},
+             "demo": {"label_audit_epochs": 6}, "synthetic": _WORLD}
+_config = write_embedded_config(_home, _home / "config.yaml", {**_SETTINGS, "airflow": {"layouts": ["demo"]}})
+ALL_LAYOUTS_CONFIG = write_embedded_config(_home, _home / "config-all-layouts.yaml", _SETTINGS)
 os.environ.update(airflow_env(_home, REPO, _config))
 os.environ.update(
     # The expert who answers review requests through the REST API in the training DAG test.
@@ -43,6 +47,15 @@ pytest_plugins = ["s3_server"]
 
 def pytest_report_header(config):
     return [f"embedded Airflow home: {os.environ['AIRFLOW_HOME']}", f"clcplus config: {_config}"]
+
+
+def dagbag_of_all_layouts():
+    """The DAG folder parsed as a deployment with both layouts parses it (142 DAGs)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLCPLUS_CONFIG", str(ALL_LAYOUTS_CONFIG))
+        return DagBag(dag_folder=str(REPO / "dags"))
 
 
 @pytest.fixture(scope="session")
@@ -208,6 +221,17 @@ FIGURES: list[str] = []
 def figure():
     """Record a measured figure; all of them are printed at the end of the run."""
     return FIGURES.append
+
+
+def pytest_sessionfinish(session):
+    # Under pytest-xdist each worker hands its figures to the controlling process.
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["figures"] = FIGURES
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
 
 
 def pytest_terminal_summary(terminalreporter):

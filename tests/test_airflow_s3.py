@@ -68,6 +68,7 @@ def test_s3_settings_come_from_the_connection(s3_only_in_connection, monkeypatch
     assert (settings.endpoint_url, settings.region) == (endpoint, "eu-central-1")
     assert (settings.access_key_id, settings.secret_access_key) == (ACCESS_KEY, SECRET)
     assert SECRET not in repr(settings)
+    assert settings.max_attempts == config.store.s3_max_attempts  # the configured retries stay
     # The connection's region wins over the configured one; the configured one fills in.
     connection = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
     del connection["extra"]["region_name"]

@@ -339,3 +339,17 @@ def test_invalid_inputs_are_refused():
         bilateral_filter(prob, np.ones((6, 5), bool), ATBD)
     with pytest.raises(ValueError, match="bool"):
         bilateral_filter(prob, np.ones((5, 6), np.uint8), ATBD)
+
+
+def test_compiled_kernels_are_loaded_from_the_cache_by_a_new_process():
+    """What the image build and the bootstrap rely on: once compiled (here, or before the tests),
+    a fresh process loads both kernels from numba's cache instead of compiling them."""
+    import subprocess
+    import sys
+
+    from clcplus_ops.jit import compile_kernels
+
+    assert set(compile_kernels()) == {"bilateral filter", "time-series interpolation"}
+    result = subprocess.run([sys.executable, "-m", "clcplus_ops.jit"], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("loaded from the cache" in line for line in lines), result.stdout

@@ -5,7 +5,6 @@ import time
 
 import pendulum
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.param import ParamValidationError
 
 from clcplus_ops.config import load_config
@@ -15,17 +14,18 @@ from clcplus_ops.model import registry
 from clcplus_ops.pipeline import CLASSIFY, DEFINE_TILE, INGEST, TILE_STAGES
 from clcplus_ops.runner import stage_record, store_for
 from clcplus_ops.stage import Target
-from conftest import REPO
+from conftest import REPO, dagbag_of_all_layouts
 
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):
+    """Both layouts' DAGs, as a deployment parses them (the session's Airflow makes the demo's)."""
     from conftest import FIGURES
 
     timings = []
     for _ in range(2):  # the first parse may fill the tile-index cache; the second is the usual one
         start = time.perf_counter()
-        bag = DagBag(dag_folder=str(REPO / "dags"))
+        bag = dagbag_of_all_layouts()
         timings.append(time.perf_counter() - start)
     FIGURES.append(
         f"DagBag: {len(bag.dags)} DAGs from {len(bag.dagbag_stats)} file(s); "
@@ -37,9 +37,16 @@ def dagbag(airflow_db):
 def test_dagbag_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
     config = load_config()
-    expected = {f"clcplus_pu_{u['pu_id']}" for layout in config.LAYOUTS for u in layout_index(config.layout_path(layout))}
+    expected = {f"clcplus_pu_{u['pu_id']}" for layout in ("production", "demo") for u in layout_index(config.layout_path(layout))}
     assert len(expected) == 138 + 2
     assert set(dagbag.dag_ids) == expected | {"clcplus_training", "clcplus_training_demo"}
+    # The session's own configuration names only the demo layout (airflow.layouts): its DAGs only.
+    from airflow.dag_processing.dagbag import DagBag
+
+    assert load_config().airflow.layouts == ("demo",)
+    demo_only = DagBag(dag_folder=str(REPO / "dags"))
+    assert demo_only.import_errors == {}
+    assert set(demo_only.dag_ids) == {"clcplus_pu_DEMO1", "clcplus_pu_DEMO2", "clcplus_training_demo"}
 
 
 def test_parsing_the_dags_imports_no_torch():

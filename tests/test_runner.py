@@ -133,8 +133,9 @@ def file_config(root: Path) -> Config:
     return parse_config({"store": {name: (root / name).as_uri() for name in ROOTS}})
 
 
-def s3_config(bucket_url: str, endpoint: str) -> Config:
-    return parse_config({"store": {**{name: f"{bucket_url}/{name}" for name in ROOTS}, "s3_endpoint_url": endpoint}})
+def s3_config(bucket_url: str, endpoint: str, **store) -> Config:
+    return parse_config({"store": {**{name: f"{bucket_url}/{name}" for name in ROOTS}, "s3_endpoint_url": endpoint,
+                                   **store}})
 
 
 _STORES: dict[tuple, Store] = {}
@@ -597,7 +598,8 @@ def test_temporaries_of_killed_runs_are_removed_by_the_next_run(config: Config) 
 def test_an_unreachable_store_is_an_error_at_once(force: bool, monkeypatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    config = s3_config("s3://clcplus-nowhere/root", UNREACHABLE)
+    config = s3_config("s3://clcplus-nowhere/root", UNREACHABLE, s3_max_attempts=1)  # no retries to wait for
+    assert store_for(config)._s3.meta.config.retries["total_max_attempts"] == 1
     started = time.perf_counter()
     with pytest.raises(StoreUnreachableError, match="S3 store unreachable for s3://clcplus-nowhere/root/work/2025/DEMO1"):
         run(TOY_SOURCE, config, force=force)
@@ -742,7 +744,7 @@ def test_cli_bad_ids_are_one_line_and_write_nothing(tmp_path: Path, capsys, args
 
 def test_cli_unreachable_store_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     config = write_config(tmp_path / "c.yaml", {"store": {**{name: f"s3://clcplus-nowhere/{name}" for name in ROOTS},
-                                                          "s3_endpoint_url": UNREACHABLE}})
+                                                          "s3_endpoint_url": UNREACHABLE, "s3_max_attempts": 1}})
     keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     result = clcplus("run", "define_tile", "DEMO1", "2025", TILE, "--layout", "demo", config=config, env=keys)
     assert_one_line_error(result, "S3 store unreachable", "127.0.0.1:9")

@@ -446,12 +446,14 @@ def test_join_refuses_dot_segments(parts: tuple[str, ...]) -> None:
 def test_an_unreachable_store_is_an_error_not_a_missing_object(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    store = Store(S3Settings(endpoint_url="http://127.0.0.1:9"))
+    # Two attempts per request (the default is 5): the retry happens, and still ends in the error.
+    store = Store(S3Settings(endpoint_url="http://127.0.0.1:9", max_attempts=2))
     url = "s3://bucket/work/_records/ingest.json"
     for op in (store.read_bytes, store.exists, store.stat):
         with pytest.raises(StoreUnreachableError, match="S3 store unreachable for s3://bucket/work"):
             op(url)
     assert issubclass(StoreUnreachableError, StoreError) and issubclass(StoreError, ClcplusError)
+    assert store._s3.meta.config.retries == {"mode": "standard", "total_max_attempts": 2}
 
 
 def test_settings_never_show_credentials() -> None:

@@ -20,7 +20,7 @@ from clcplus_ops.pipeline import AUDIT, EVALUATE, EXTRACT, FINAL_FIT, REGISTER, 
 from clcplus_ops.runner import run_stage, stage_record, store_for
 from clcplus_ops.stage import Target
 from clcplus_ops.synthetic.samples import expert_decisions
-from conftest import REPO
+from conftest import dagbag_of_all_layouts
 
 YEAR, PU, DAG_ID = 2025, "DEMO1", "clcplus_training_demo"
 TARGET = Target("demo", YEAR, PU)
@@ -35,9 +35,7 @@ def output_url(config, stage, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    bag = dagbag_of_all_layouts()  # the production layout's training DAG too
     assert bag.import_errors == {}
     return bag
 

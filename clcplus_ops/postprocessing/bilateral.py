@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numba
+from clcplus_ops.jit import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numba
+from clcplus_ops.jit import numba
 import numpy as np
 
 from clcplus_ops.sentinel2.bands import INDEX_BANDS

@@ -41,7 +41,8 @@ def s3_settings(config: Config) -> S3Settings:
             _reported_missing.add(conn_id)
             log.info("Airflow connection %r does not exist: S3 at %s with boto3's own credential chain",
                      conn_id, config.store.s3_endpoint_url or "AWS")
-        return S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region)
+        return S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region,
+                          max_attempts=config.store.s3_max_attempts)
 
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -55,6 +56,7 @@ def s3_settings(config: Config) -> S3Settings:
     return S3Settings(
         endpoint_url=connection.get_service_endpoint_url("s3") or config.store.s3_endpoint_url,
         region=region,
+        max_attempts=config.store.s3_max_attempts,
         access_key_id=credentials.access_key if credentials else None,
         secret_access_key=credentials.secret_key if credentials else None,
         session_token=credentials.token if credentials else None,
