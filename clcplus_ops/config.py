@@ -248,6 +248,9 @@ class BlendingConfig(Section):
     """Distance-weighted blending in the PU overlap (ATBD 3.1.6 b)."""
 
     overlap_m: float = Field(20_000.0, ge=0, le=100_000)
+    # Output pixels per block side of the PU stages on the product grid (mosaic, blending,
+    # layers): 1024 x 1024 x 11 float32 is 46 MB, with its source windows a few times that.
+    block_px: int = Field(1024, ge=16, le=8192)
 
 
 class CalibrationConfig(Section):
@@ -483,7 +486,8 @@ class Config(Section):
     def _whole_raster_blocks(self) -> Config:
         # Processing blocks are whole GeoTIFF blocks, so no block of a work raster is written twice.
         for name, size, raster in (("time_series.block_px", self.time_series.block_px, self.rasters.features),
-                                   ("inference.block_px", self.inference.block_px, self.rasters.probabilities)):
+                                   ("inference.block_px", self.inference.block_px, self.rasters.probabilities),
+                                   ("blending.block_px", self.blending.block_px, self.rasters.probabilities)):
             if size % raster.block_px:
                 raise ValueError(f"{name}={size} must be a multiple of the GeoTIFF block size "
                                  f"rasters.*.block_px={raster.block_px}")

@@ -9,12 +9,14 @@ from clcplus_ops.model.extraction import EXTRACT_TILE_SAMPLES
 from clcplus_ops.model.stages import AUDIT, EVALUATE, EXTRACT, FINAL_FIT, REGISTER, REVIEW
 from clcplus_ops.plan import DEFINE_TILE, JOIN_TILES, PLAN_TILES
 from clcplus_ops.postprocessing.filtering import FILTER
+from clcplus_ops.postprocessing.mosaic import MOSAIC
 from clcplus_ops.sentinel2.ingest import INGEST
 
-# A production unit's run: plan, then per tile (mapped), then the join.
+# A production unit's run: plan, then per tile (mapped), then the join and the PU's stages on
+# the product grid, in order.
 PU_START = (PLAN_TILES,)
 TILE_STAGES = (DEFINE_TILE, INGEST, CLASSIFY, FILTER)
-PU_END = (JOIN_TILES,)
+PU_END = (JOIN_TILES, MOSAIC)
 # A production unit's training (the expert review sits between audit and evaluate).
 TRAINING_STAGES = (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)
 

@@ -151,6 +151,14 @@ class RunContext:
         place = place_of(scope or self.stage.scope, self.locations, target or self.target)
         return read_record(self.store, place.record(stage_name))
 
+    def input_of(self, stage_name: str, output: str, target: Target, scope: str) -> tuple[StageRecord, Input]:
+        """Output ``output`` of another target's stage (a PU's tiles, a neighbouring PU), with
+        its record, verified as declared inputs are; StageInputError when missing or damaged."""
+        record = _verified_record(self, place_of(scope, self.locations, target), stage_name,
+                                  f"{stage_name} {target.describe()}")
+        url = self.locations.resolve(record.outputs[output])
+        return record, Input(stage_name, output, url, _open_raster, self.store.read_bytes)
+
 
 def place_of(scope: str, locations: Locations, target: Target) -> Place:
     year = target.reference_year
@@ -268,17 +276,23 @@ def _open_raster(url: str):
 
 
 def _input_record(ctx: RunContext, name: str) -> StageRecord:
-    url = ctx.place().record(name)
+    return _verified_record(ctx, ctx.place(), name, name)
+
+
+def _verified_record(ctx: RunContext, place: Place, name: str, what: str) -> StageRecord:
+    """The committed record of stage ``name`` at ``place`` with its files verified;
+    StageInputError (saying what to re-run) when it is missing, corrupt or its files damaged."""
+    url = place.record(name)
     try:
         record = read_record(ctx.store, url)
     except CorruptRecordError as error:
-        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: {error}; re-run {name}") from error
+        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: {error}; re-run {what}") from error
     if record is None:
-        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: no {name} record at {url}; run {name} first")
+        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: no {name} record at {url}; run {what} first")
     problems = verify_files(ctx.store, ctx.locations, record)
     if problems:
-        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: input of {name} is damaged: "
-                              f"{'; '.join(problems)}; re-run {name} (it recomputes what is damaged)")
+        raise StageInputError(f"{ctx.stage.name} {ctx.target.describe()}: input of {what} is damaged: "
+                              f"{'; '.join(problems)}; re-run {what} (it recomputes what is damaged)")
     return record
 
 

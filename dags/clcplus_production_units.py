@@ -3,7 +3,8 @@
 Builds ``clcplus_pu_<PU id>`` for every PU of the layouts named in ``airflow.layouts``: the
 production layout (138 PUs by default) and the demo layout. Each DAG plans the PU's tiles, fans out to one mapped task group per
 tile (the map index shows the tile id) made of the declared tile stages
-(:data:`clcplus_ops.pipeline.TILE_STAGES`, in order), then joins; ``select_model`` fixes the
+(:data:`clcplus_ops.pipeline.TILE_STAGES`, in order), then joins and runs the PU's stages on the
+product grid (:data:`clcplus_ops.pipeline.PU_END`: join, mosaic); ``select_model`` fixes the
 model every tile of the run is classified with. Tasks only run stages
 (:mod:`clcplus_airflow.tasks`); only ids and small summaries cross XCom.
 """
@@ -16,7 +17,7 @@ from clcplus_airflow.tasks import planned_tile_ids, stage_task
 from clcplus_ops.config import Config, load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.geo.tile_index import tile_index
-from clcplus_ops.pipeline import JOIN_TILES, PLAN_TILES, TILE_STAGES
+from clcplus_ops.pipeline import PLAN_TILES, PU_END, TILE_STAGES
 from clcplus_timetable import ReferenceYearTimetable
 
 
@@ -41,7 +42,7 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
 
         plan = stage_task(PLAN_TILES, layout, config, pu_id=pu_id, returns=planned_tile_ids)()
         tiles = tile.partial(model=select_model_task(layout, pu_id)()).expand(tile_id=plan)
-        tiles >> stage_task(JOIN_TILES, layout, config, pu_id=pu_id)()
+        chain(tiles, *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_END))
     return dag
 
 

@@ -26,7 +26,7 @@ import yaml
 from clcplus_ops.config import CONFIG_ENV, load_config
 from clcplus_ops.geo.tile_index import tile_index
 from clcplus_ops.locations import Locations
-from clcplus_ops.pipeline import CLASSIFY, FILTER, INGEST, PLAN_TILES
+from clcplus_ops.pipeline import CLASSIFY, FILTER, INGEST, MOSAIC, PLAN_TILES
 from clcplus_ops.runner import stage_record
 from clcplus_ops.stage import Target
 from clcplus_ops.store import S3Settings, Store, StoreError
@@ -145,6 +145,8 @@ def test_demo_dag_on_s3_with_credentials_only_in_the_connection(s3_only_in_conne
             assert url.startswith(s3_only_in_connection["bucket"]), url
             assert store.stat(url).size == record.files[name]["size"]
     assert store.exists(locations.tile(YEAR, PU, tile_id).filtered)
+    mosaic = stage_record(demo, MOSAIC, Target("demo", YEAR, PU), store)  # read the tile through GDAL's /vsis3
+    assert mosaic.details["tiles"] == 1 and mosaic.details["valid_pixels"] > 0
 
     # The secret is in no task log: neither what dag.test printed (every task's log, at DEBUG)
     # nor any file this run wrote under AIRFLOW_HOME/logs. One kind of line is not a task's log

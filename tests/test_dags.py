@@ -11,7 +11,7 @@ from clcplus_ops.config import load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry
-from clcplus_ops.pipeline import CLASSIFY, DEFINE_TILE, INGEST, TILE_STAGES
+from clcplus_ops.pipeline import CLASSIFY, DEFINE_TILE, INGEST, MOSAIC, TILE_STAGES
 from clcplus_ops.runner import stage_record, store_for
 from clcplus_ops.stage import Target
 from conftest import REPO, dagbag_of_all_layouts
@@ -67,7 +67,7 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     config = load_config()
     stages = [f"tile.{stage.name}" for stage in TILE_STAGES]  # the group is made from the declared stages
     assert stages == ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
-    assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles"}
+    assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles", "mosaic"}
     for upstream, downstream in zip(stages, stages[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
     for task_id in stages:
@@ -77,6 +77,7 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     assert dag.get_task("tile.classify").pool == config.inference.airflow_pool
     assert dag.get_task("tile.ingest").pool == config.airflow.default_pool
     assert "tile.filter" in dag.get_task("join_tiles").upstream_task_ids
+    assert dag.get_task("mosaic").upstream_task_ids == {"join_tiles"}  # then the PU's stages, in order
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
     # Retries, retry delay and start date are the configuration's.
@@ -125,6 +126,8 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     tile_ids = [t["tile_id"] for t in planned["tiles"]]
     assert planned["reference_year"] == 2025 and tile_ids == chosen
     assert store.read_json(pu.tiles_done)["tiles"] == tile_ids
+    mosaic = stage_record(config, MOSAIC, Target("demo", 2025, "DEMO1"))
+    assert mosaic.details["tiles"] == 2 and mosaic.details["zones"] == [32633] and mosaic.details["grid"]["epsg"] == 3035
     for task_id in ("tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"):
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
         assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)

@@ -52,6 +52,21 @@ class ProductTile:
         return Grid.from_bounds(self.epsg, snapped, res)
 
 
+def pu_grid(unit, res: int, buffer_m: float):
+    """A production unit's part of the product grid: its area plus ``buffer_m`` in its product
+    CRS (EPSG:3035; a DOM's UTM zone), the bounds snapped outward to whole ``res`` pixels, so that
+    pixel edges fall on the 100 km reference lines and every PU's grid is a window of one grid."""
+    import math
+
+    from clcplus_ops.geo.grid import Grid
+
+    area = unit.geometry_in(unit.crs).buffer(buffer_m) if buffer_m else unit.geometry_in(unit.crs)
+    xmin, ymin, xmax, ymax = area.bounds
+    snapped = (math.floor(xmin / res) * res, math.floor(ymin / res) * res,
+               math.ceil(xmax / res) * res, math.ceil(ymax / res) * res)
+    return Grid.from_bounds(int(unit.crs.split(":")[1]), snapped, res)
+
+
 def tile_code(easting_m: float, northing_m: float) -> str:
     """Tile code of the cell whose lower-left corner is (easting, northing): "e44n36"."""
     return f"e{int(easting_m) // CELL_M:02d}n{int(northing_m) // CELL_M:02d}"

@@ -128,6 +128,13 @@ class Grid:
             raise ValueError(f"grids are not aligned: offset ({row}, {col}) px")
         return Window(int(round(col)), int(round(row)), self.width, self.height)
 
+    def intersection(self, other: Grid) -> Grid | None:
+        """The part of this grid that ``other`` (aligned) also covers; None if they do not meet."""
+        w = other.window_in(self)
+        r0, c0 = max(w.row_off, 0), max(w.col_off, 0)
+        r1, c1 = min(w.row_off + w.height, self.height), min(w.col_off + w.width, self.width)
+        return self.block(r0, c0, r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else None
+
     def contains(self, other: Grid) -> bool:
         """Whether ``other`` (aligned) lies wholly inside this grid."""
         w = other.window_in(self)

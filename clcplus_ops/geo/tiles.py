@@ -120,6 +120,16 @@ def home_epsg(lon: float, lat: float) -> int:
     return (32600 if north else 32700) + zone
 
 
+def home_epsg_array(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """:func:`home_epsg` of many lon/lat points at once (int64 array of EPSG codes)."""
+    lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    north = lat >= 0
+    zone = np.floor((lon + 180.0) / 6.0).astype(np.int64) % 60 + 1
+    for z, (x0, y0, x1, y1) in reversed([_NORWAY] + _SVALBARD):  # the first match wins, as in home_epsg
+        zone = np.where(north & (lon >= x0) & (lon < x1) & (lat >= y0) & (lat < y1), z, zone)
+    return np.where(north, 32600, 32700) + zone
+
+
 # --- tiles -------------------------------------------------------------------------------
 
 def tiles_per_side(tile_size_m: int) -> int:
