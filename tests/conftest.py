@@ -53,8 +53,10 @@ def dagbag_of_all_layouts():
     """The DAG folder parsed as a deployment with both layouts parses it (142 DAGs)."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from clcplus_ops.config import CONFIG_ENV
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CLCPLUS_CONFIG", str(ALL_LAYOUTS_CONFIG))
+        patch.setenv(CONFIG_ENV, str(ALL_LAYOUTS_CONFIG))
         return DagBag(dag_folder=str(REPO / "dags"))
 
 

@@ -35,7 +35,10 @@ PU_LONLAT = [[11.981, 52.9865], [12.019, 52.9865], [12.019, 53.0135], [11.981, 5
 
 
 def _generated(io: StageIO, name: str) -> None:
-    halo = io.config.grid.halo_px - 4  # what the filter leaves of the halo (its reach is 4 px here)
+    from clcplus_ops.postprocessing.bilateral import BilateralParams
+
+    # What the filter leaves of the halo: the ingestion halo less the filter's reach.
+    halo = io.config.grid.halo_px - BilateralParams.from_config(io.config.bilateral).extent
     grid = io.tile.grid(halo)
     probabilities, counts = probability_tiles.tile_arrays(grid)
     kind = "probabilities" if name == "filtered" else "features"
