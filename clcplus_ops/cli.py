@@ -317,7 +317,10 @@ def cmd_demo(args) -> int:
                         shutil.rmtree(part) if part.is_dir() else part.unlink()
             else:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    config_path = write_embedded_config(home, home / "config.yaml")
+    # The demo runs its PUs one after the other: the first waits briefly for its neighbour's
+    # mosaic, blends without it, and its blend is re-run once the neighbour has one.
+    config_path = write_embedded_config(home, home / "config.yaml", {
+        "blending": {"neighbour_timeout_minutes": 0.25, "neighbour_poll_seconds": 5}})
     env = airflow_env(home, repo, config_path)
     env.setdefault("PYTHONWARNINGS", "ignore")  # library deprecation chatter hides the demo's output
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -339,7 +342,8 @@ def cmd_demo(args) -> int:
               f"{100 * model['overall_accuracy']:.1f} %)")
     for pu_id in units:
         dag_id = f"clcplus_pu_{pu_id}"
-        print(f"demo: running {dag_id} for reference year {args.year}: ingest, classify, filter every tile")
+        print(f"demo: running {dag_id} for reference year {args.year}: ingest, classify, filter every tile, then "
+              f"mosaic, wait for the neighbours, blend, layers")
         # The logical date is the day the acquisition window closed.
         result = subprocess.run([airflow, "dags", "test", dag_id, f"{args.year + 1}-04-01"], env=env)
         if result.returncode:
@@ -375,8 +379,50 @@ def cmd_demo(args) -> int:
         correct_raw += acc["overall_accuracy_classified"] * acc["pixels"]
     print(f"demo: overall accuracy of the filtered maps {100 * correct / pixels:.2f} % "
           f"(unfiltered {100 * correct_raw / pixels:.2f} %) over {pixels:,} px")
+    _demo_products(config, args.year, units, world["truth_url"], store)
     print(f"demo: finished in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _demo_products(config, year: int, units: list[str], truth_url: str, store) -> None:
+    """The PU layers part of the demo: late neighbours picked up by re-running blend and layers,
+    then each PU's RAS against the truth and the seam between the PUs."""
+    from clcplus_ops import demo
+    from clcplus_ops.pipeline import BLEND, LAYERS
+    from clcplus_ops.runner import run_stage, stage_record
+    from clcplus_ops.stage import Target
+
+    for pu_id in units:
+        target = Target("demo", year, pu_id)
+        missing = stage_record(config, BLEND, target, store).details["missing_neighbours"]
+        if missing:
+            print(f"demo: {pu_id} blended without {', '.join(missing)} (no mosaic yet when its wait ended); "
+                  f"re-running its blend and layers: `clcplus run blend {pu_id} {year} --layout demo`")
+            run_stage(BLEND, config, target, store=store)
+            run_stage(LAYERS, config, target, store=store)
+    figures = demo.pu_products(config, year, units, truth_url, store)
+    names = config.codes.classes
+    for pu_id, f in figures["pus"].items():
+        ras, filtered = f["ras"], f["filtered"]
+        print(f"demo: {pu_id} RAS over its own area ({f['own_pixels']:,} px; {f['pixels']:,} px with a class in both "
+              f"RAS and the truth): overall accuracy {100 * ras.overall_accuracy:.2f} % (its filtered map on the same "
+              f"pixels, unblended: {100 * filtered.overall_accuracy:.2f} %); {f['pixels_blended']:,} px blended with "
+              f"{', '.join(f['neighbours']) or 'no neighbour'}; coastal seawater (253) {f['coastal_seawater']:,} px, "
+              f"outside area (254) {f['outside']:,} px, no data (255) {f['nodata']:,} px, "
+              f"{f['nodata_filled']:,} px without observations filled from their neighbourhood")
+        for code in ras.classes:
+            if ras.support[code] or ras.commission[code] is not None:
+                om, co = ras.omission[code], ras.commission[code]
+                print(f"demo:   {pu_id} class {code:2d} {names[code]:<34} reference {ras.support[code]:>8,} px  "
+                      f"omission {'-' if om is None else f'{100 * om:5.1f} %'}  "
+                      f"commission {'-' if co is None else f'{100 * co:5.1f} %'}")
+    seam = figures.get("seam")
+    if seam:
+        print(f"demo: seam {units[0]}|{units[1]}: class changes between pixel pairs across the border vs 1 km inside "
+              f"either PU ({seam['after']['pairs_across']:,} / {seam['after']['pairs_inside']:,} pairs): before blending "
+              f"{100 * seam['before']['across']:.1f} % vs {100 * seam['before']['inside']:.1f} %, after blending "
+              f"{100 * seam['after']['across']:.1f} % vs {100 * seam['after']['inside']:.1f} % (synthetic truth "
+              f"{100 * seam['truth']['across']:.1f} % vs {100 * seam['truth']['inside']:.1f} %)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,12 +245,36 @@ class InferenceConfig(Section):
 
 
 class BlendingConfig(Section):
-    """Distance-weighted blending in the PU overlap (ATBD 3.1.6 b)."""
+    """Distance-weighted blending in the PU overlap (ATBD 3.1.6 b). The overlap is the two PUs'
+    buffers (``grid.pu_buffer_m`` each side of the border, 20 km in all): a PU's weight is 1/2 on
+    its border, 1 at one buffer inside, 0 at its buffer's outer edge."""
 
-    overlap_m: float = Field(20_000.0, ge=0, le=100_000)
     # Output pixels per block side of the PU stages on the product grid (mosaic, blending,
     # layers): 1024 x 1024 x 11 float32 is 46 MB, with its source windows a few times that.
     block_px: int = Field(1024, ge=16, le=8192)
+    # Distances to the PU borders are computed on a lattice of this cell (aligned with the
+    # product grid's origin, so neighbouring PUs compute the same values) and interpolated
+    # bilinearly to the pixels: 100 m moves a weight by at most 0.25 % of its 20 km ramp.
+    distance_cell_m: float = Field(100.0, gt=0, le=5_000)
+    # How long the wait for the neighbours' mosaics lasts before blending with what exists,
+    # and how often the store is polled meanwhile (by Airflow's triggerer, no worker slot).
+    neighbour_timeout_minutes: float = Field(24 * 60.0, ge=0, le=30 * 24 * 60)
+    neighbour_poll_seconds: float = Field(60.0, gt=0, le=3600)
+
+
+class LayersConfig(Section):
+    """The PU's layers RAS, RASCL, RASDL, RASPL on its own area (ATBD 3.1.6 e, 3.2-3.4)."""
+
+    # Land polygons (any vector file pyogrio reads, e.g. EU-Hydro's coastline as polygons):
+    # sea inside the delivery area (the AOI boundary buffered by grid.aoi_buffer_m) is coded
+    # coastal seawater. None: the packaged Natural Earth countries (the AOI boundary itself).
+    coastline_path: str | None = None
+    # A pixel without any valid observation takes the class most probable over the observed
+    # pixels within this many pixels; none there: RAS no data (codes.nodata) remains.
+    nodata_fill_radius_px: int = Field(5, ge=0, le=100)
+    # RASDL holds counts 0..max_observations; a larger count is stored as max_observations
+    # (read: "this many or more").
+    max_observations: int = Field(200, ge=1, le=65534)
 
 
 class CalibrationConfig(Section):
@@ -460,6 +484,7 @@ class Config(Section):
     inference: InferenceConfig = InferenceConfig()
     bilateral: BilateralConfig = BilateralConfig()
     blending: BlendingConfig = BlendingConfig()
+    layers: LayersConfig = LayersConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     codes: CodesConfig = CodesConfig()
     products: ProductsConfig = ProductsConfig()

@@ -99,3 +99,117 @@ def map_accuracy(config: Config, reference_year: int, pu_id: str, truth_url: str
             "overall_accuracy_classified": totals["classified_correct"] / n,
             "overall_accuracy_filtered": totals["filtered_correct"] / n,
             "changed_by_filter": totals["changed_by_filter"] / n}
+
+
+# --------------------------------------------------------------------------------------------
+# The PUs' layers against the truth, and the seam between the demo PUs
+
+
+def _layer(store: Store, url: str) -> tuple[np.ndarray, object]:
+    from clcplus_ops.geo.grid import Grid
+
+    with gdal_env(store.s3_settings), rasterio.open(gdal_path(url)) as ds:
+        return ds.read(), Grid.of_dataset(ds)
+
+
+def _truth_on(truth_url: str, grid, store: Store) -> np.ndarray:
+    from rasterio.warp import Resampling, reproject
+
+    out = np.zeros(grid.shape, np.uint8)
+    with gdal_env(store.s3_settings), rasterio.open(gdal_path(truth_url)) as ds:
+        reproject(rasterio.band(ds, 1), out, dst_transform=grid.transform, dst_crs=grid.crs,
+                  resampling=Resampling.nearest, dst_nodata=0)
+    return out
+
+
+def pu_products(config: Config, reference_year: int, pu_ids: Sequence[str], truth_url: str,
+                store: Store | None = None) -> dict:
+    """Per PU over its own area: RAS against the synthetic truth (overall accuracy, per-class
+    omission and commission) next to the PU's filtered map on the same pixels (its own model's
+    probabilities on the product grid, unblended), the pixels blended and the counts of 253, 254
+    and 255; and the seam between the PUs before and after blending."""
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.masks import inside
+    from clcplus_ops.model.evaluation import accuracy
+    from clcplus_ops.pipeline import BLEND, LAYERS, MOSAIC
+    from clcplus_ops.runner import stage_record
+
+    config = config.for_layout(LAYOUT)
+    store = store or store_for(config)
+    locations = Locations(config)
+    units = load_layout(config.layout_path(LAYOUT))
+    classes = np.array(sorted(config.codes.classes))
+    codes = config.codes
+    out: dict = {"pus": {}}
+    maps = {}
+    for pu_id in pu_ids:
+        target = Target(LAYOUT, reference_year, pu_id)
+        layers = stage_record(config, LAYERS, target, store)
+        blend = stage_record(config, BLEND, target, store)
+        mosaic = stage_record(config, MOSAIC, target, store)
+        ras, grid = _layer(store, locations.resolve(layers.outputs["ras"]))
+        ras = ras[0]
+        encoded, _ = _layer(store, locations.resolve(mosaic.outputs["probabilities"]))
+        unblended = np.where(encoded[0] == probs_io.NODATA, 0, classes[encoded.argmax(axis=0)]).astype(np.uint8)
+        truth = _truth_on(truth_url, grid, store)
+        own = inside(units[pu_id].geometry_in(units[pu_id].crs), grid)
+        judged = own & np.isin(ras, classes) & np.isin(truth, classes) & (unblended > 0)
+        ras_acc = accuracy(truth[judged], ras[judged], classes, config.codes.classes)
+        filtered_acc = accuracy(truth[judged], unblended[judged], classes, config.codes.classes)
+        out["pus"][pu_id] = {
+            "pixels": int(judged.sum()), "own_pixels": int(own.sum()), "ras": ras_acc, "filtered": filtered_acc,
+            "pixels_blended": blend.details["pixels_blended"], "neighbours": blend.details["neighbours"],
+            "missing_neighbours": blend.details["missing_neighbours"],
+            "coastal_seawater": int((own & (ras == codes.coastal_seawater)).sum()),
+            "outside": int((own & (ras == codes.outside)).sum()), "nodata": int((own & (ras == codes.nodata)).sum()),
+            "nodata_filled": layers.details["nodata_filled"],
+        }
+        before = np.where(np.isin(ras, classes) & (unblended > 0), unblended, ras)
+        maps[pu_id] = (grid, own, ras, before, truth)
+    if len(pu_ids) == 2:
+        out["seam"] = seam_rates(maps[pu_ids[0]], maps[pu_ids[1]], classes)
+    return out
+
+
+def seam_rates(west, east, classes: np.ndarray, inside_px: int = 100, width_px: int = 10) -> dict:
+    """Class-change rates between horizontally adjacent pixels whose left pixel is the west PU's
+    and right pixel the east PU's (pairs straddling the border), and between pairs ``inside_px``
+    to ``inside_px + width_px`` pixels inside either PU on the same rows; for the map before
+    blending, after blending (RAS) and the truth. Each argument: (grid, own, ras, before, truth)
+    on aligned grids of one CRS."""
+    from clcplus_ops.geo.grid import Grid
+
+    (g1, own1, *maps1), (g2, own2, *maps2) = west, east
+    x0, y0 = min(g1.bounds[0], g2.bounds[0]), min(g1.bounds[1], g2.bounds[1])
+    x1, y1 = max(g1.bounds[2], g2.bounds[2]), max(g1.bounds[3], g2.bounds[3])
+    canvas = Grid.from_bounds(g1.epsg, (x0, y0, x1, y1), g1.res)
+
+    def paste(grid, own, array, owner_id, into, owner):
+        w = grid.window_in(canvas)
+        sl = (slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width))
+        into[sl][own] = array[own]
+        owner[sl][own] = owner_id
+
+    owner = np.zeros(canvas.shape, np.uint8)
+    layers = [np.zeros(canvas.shape, np.uint8) for _ in range(3)]
+    for i in range(3):
+        paste(g1, own1, maps1[i], 1, layers[i], owner)
+        paste(g2, own2, maps2[i], 2, layers[i], owner)
+    rows, cols = np.nonzero((owner[:, :-1] == 1) & (owner[:, 1:] == 2))
+    result = {"border_pairs": int(rows.size)}
+    for name, layer in zip(("after", "before", "truth"), layers):
+        def rate(c_left: np.ndarray, side: int) -> tuple[float, int]:
+            ok = (c_left >= 0) & (c_left + 1 < canvas.width)
+            r, c = rows[ok], c_left[ok]
+            a, b = layer[r, c], layer[r, c + 1]
+            keep = (owner[r, c] == side) & (owner[r, c + 1] == side) if side else np.ones(r.size, bool)
+            keep &= np.isin(a, classes) & np.isin(b, classes)
+            return float((a[keep] != b[keep]).mean()) if keep.any() else float("nan"), int(keep.sum())
+
+        across, n_across = rate(cols, 0)
+        inner = [rate(cols - shift, 1) for shift in range(inside_px, inside_px + width_px)]
+        inner += [rate(cols + shift, 2) for shift in range(inside_px, inside_px + width_px)]
+        n_inner = sum(n for _, n in inner)
+        result[name] = {"across": across, "pairs_across": n_across, "pairs_inside": n_inner,
+                        "inside": sum(r * n for r, n in inner if n) / max(n_inner, 1)}
+    return result

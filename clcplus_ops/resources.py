@@ -11,6 +11,7 @@ GEOGRAPHY_DIR = DATA_DIR / "geography"
 LAYOUTS_DIR = DATA_DIR / "layouts"
 
 COUNTRIES_GEOJSON = GEOGRAPHY_DIR / "ne_50m_admin_0_countries_EEA38_UK.geojson"
+LAND_BEYOND_AOI_GEOJSON = GEOGRAPHY_DIR / "ne_50m_land_beyond_aoi.geojson"
 S2_SQUARES_CSV = GEOGRAPHY_DIR / "s2_mgrs_squares.csv"
 CONVENTIONS_DIR = DATA_DIR / "conventions"
 PRODUCT_DEFINITION_JSON = CONVENTIONS_DIR / "clms_clcplus_ras_s2023_r10m.json"

@@ -4,7 +4,9 @@ Builds ``clcplus_pu_<PU id>`` for every PU of the layouts named in ``airflow.lay
 production layout (138 PUs by default) and the demo layout. Each DAG plans the PU's tiles, fans out to one mapped task group per
 tile (the map index shows the tile id) made of the declared tile stages
 (:data:`clcplus_ops.pipeline.TILE_STAGES`, in order), then joins and runs the PU's stages on the
-product grid (:data:`clcplus_ops.pipeline.PU_END`: join, mosaic); ``select_model`` fixes the
+product grid (:data:`clcplus_ops.pipeline.PU_JOIN`: join, mosaic), waits for the neighbouring PUs'
+mosaics without a worker slot (``wait_for_neighbours``, :mod:`clcplus_airflow.neighbours`) and
+blends and makes the layers (:data:`clcplus_ops.pipeline.PU_BLEND`); ``select_model`` fixes the
 model every tile of the run is classified with. Tasks only run stages
 (:mod:`clcplus_airflow.tasks`); only ids and small summaries cross XCom.
 """
@@ -17,7 +19,8 @@ from clcplus_airflow.tasks import planned_tile_ids, stage_task
 from clcplus_ops.config import Config, load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.geo.tile_index import tile_index
-from clcplus_ops.pipeline import PLAN_TILES, PU_END, TILE_STAGES
+from clcplus_airflow.neighbours import WaitForNeighboursOperator
+from clcplus_ops.pipeline import PLAN_TILES, PU_BLEND, PU_JOIN, TILE_STAGES
 from clcplus_timetable import ReferenceYearTimetable
 
 
@@ -42,7 +45,9 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
 
         plan = stage_task(PLAN_TILES, layout, config, pu_id=pu_id, returns=planned_tile_ids)()
         tiles = tile.partial(model=select_model_task(layout, pu_id)()).expand(tile_id=plan)
-        chain(tiles, *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_END))
+        wait = WaitForNeighboursOperator(task_id="wait_for_neighbours", layout=layout, pu_id=pu_id)
+        chain(tiles, *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_JOIN), wait,
+              *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_BLEND))
     return dag
 
 

@@ -30,7 +30,9 @@ _WORLD = {"bounds": [387_500 - 80, 5_042_500 - 80, 395_000 + 80, 5_047_500 + 80]
 # re-serialises the whole DAG folder, and the 139 production DAGs cost seconds each time. The
 # DagBag tests parse both layouts (``ALL_LAYOUTS_CONFIG``), which the deployments make by default.
 _SETTINGS = {"training": {"label_audit_rounds": 2, "label_audit_folds": 2, "epochs": 12},
-             "demo": {"label_audit_epochs": 6}, "synthetic": _WORLD}
+             "demo": {"label_audit_epochs": 6}, "synthetic": _WORLD,
+             # A DEMO1 run waits 3 s (not a day) for DEMO2's mosaic, polling every second.
+             "blending": {"neighbour_timeout_minutes": 0.05, "neighbour_poll_seconds": 1}}
 _config = write_embedded_config(_home, _home / "config.yaml", {**_SETTINGS, "airflow": {"layouts": ["demo"]}})
 ALL_LAYOUTS_CONFIG = write_embedded_config(_home, _home / "config-all-layouts.yaml", _SETTINGS)
 os.environ.update(airflow_env(_home, REPO, _config))

@@ -21,7 +21,7 @@ def test_defaults_are_the_atbd_values():
     assert c.time_series.steps(2023)[-1] < end
     assert (c.grid.tile_size_m, c.grid.pu_buffer_m, c.grid.pixel_size_m) == (25_000, 10_000, 10)
     assert (c.bilateral.win_size, c.bilateral.sigma_spatial, c.bilateral.sigma_color) == (4, 0.8, 0.25)
-    assert c.blending.overlap_m == 20_000
+    assert c.grid.pu_buffer_m == 10_000 and c.blending.distance_cell_m == 100
     assert c.calibration.standard_percentile == 90
     assert sorted(c.codes.classes) == list(range(1, 12))
     assert (c.codes.coastal_seawater, c.codes.outside, c.codes.nodata) == (253, 254, 255)

@@ -11,7 +11,7 @@ from clcplus_ops.config import load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry
-from clcplus_ops.pipeline import CLASSIFY, DEFINE_TILE, INGEST, MOSAIC, TILE_STAGES
+from clcplus_ops.pipeline import BLEND, CLASSIFY, DEFINE_TILE, INGEST, LAYERS, MOSAIC, TILE_STAGES
 from clcplus_ops.runner import stage_record, store_for
 from clcplus_ops.stage import Target
 from conftest import REPO, dagbag_of_all_layouts
@@ -67,7 +67,8 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     config = load_config()
     stages = [f"tile.{stage.name}" for stage in TILE_STAGES]  # the group is made from the declared stages
     assert stages == ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
-    assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles", "mosaic"}
+    assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles", "mosaic", "wait_for_neighbours",
+                                 "blend", "layers"}
     for upstream, downstream in zip(stages, stages[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
     for task_id in stages:
@@ -77,7 +78,11 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     assert dag.get_task("tile.classify").pool == config.inference.airflow_pool
     assert dag.get_task("tile.ingest").pool == config.airflow.default_pool
     assert "tile.filter" in dag.get_task("join_tiles").upstream_task_ids
-    assert dag.get_task("mosaic").upstream_task_ids == {"join_tiles"}  # then the PU's stages, in order
+    # then the PU's stages, in order, with the wait for the neighbours' mosaics before the blend
+    pu_stages = ["join_tiles", "mosaic", "wait_for_neighbours", "blend", "layers"]
+    for upstream, downstream in zip(pu_stages, pu_stages[1:]):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert dag.get_task("wait_for_neighbours").pool == config.airflow.default_pool
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
     # Retries, retry delay and start date are the configuration's.
@@ -128,6 +133,14 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     assert store.read_json(pu.tiles_done)["tiles"] == tile_ids
     mosaic = stage_record(config, MOSAIC, Target("demo", 2025, "DEMO1"))
     assert mosaic.details["tiles"] == 2 and mosaic.details["zones"] == [32633] and mosaic.details["grid"]["epsg"] == 3035
+    # DEMO2 has no mosaic: the wait deferred, timed out after blending.neighbour_timeout_minutes and
+    # the PU blended without it, saying so.
+    wait_ti = next(ti for ti in run.get_task_instances() if ti.task_id == "wait_for_neighbours")
+    assert wait_ti.xcom_pull(task_ids="wait_for_neighbours") == {"ready": [], "missing": ["DEMO2"], "timed_out": True}
+    blended = stage_record(config, BLEND, Target("demo", 2025, "DEMO1"))
+    assert blended.details["missing_neighbours"] == ["DEMO2"] and blended.details["neighbours"] == []
+    layers = stage_record(config, LAYERS, Target("demo", 2025, "DEMO1"))
+    assert layers.details["area"] > 0 and layers.details["coastal_seawater"] > 0
     for task_id in ("tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"):
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
         assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)

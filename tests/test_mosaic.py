@@ -25,7 +25,7 @@ from clcplus_ops.locations import Locations
 from clcplus_ops.pipeline import DEFINE_TILE, JOIN_TILES, MOSAIC, PLAN_TILES
 from clcplus_ops.postprocessing.mosaic import COUNT_NODATA
 from clcplus_ops.runner import run_stage, stage_record
-from clcplus_ops.stage import Stage, StageIO, Target
+from clcplus_ops.stage import StageIO, Target
 from clcplus_ops.synthetic import probability_tiles
 
 YEAR, PU = 2025, "ZONES"
@@ -52,14 +52,7 @@ def _generated(io: StageIO, name: str) -> None:
 
 
 # Stand-ins of the tile stages: the same names, scope and outputs the mosaic reads.
-STAND_INS = (
-    Stage(name="ingest", scope="tile", inputs=("define_tile",), outputs={"valid_obs": "valid_obs.tif"},
-          compute=lambda io: _generated(io, "valid_obs")),
-    Stage(name="classify", scope="tile", outputs={"note": "classify.json"},
-          compute=lambda io: io.write_json("note", {"generated": True})),
-    Stage(name="filter", scope="tile", outputs={"filtered": "probabilities_filtered.tif"},
-          compute=lambda io: _generated(io, "filtered")),
-)
+STAND_INS = probability_tiles.stand_in_tile_stages(_generated)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def counts(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (20 + (np.floor(x / 1000) + 3 * np.floor(y / 1000)) % 80).astype(np.uint16)
 
 
-def _points_3035(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+def points_3035(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """EPSG:3035 coordinates of the pixel centres of ``grid``."""
     from pyproj import Transformer
 
     t = grid.transform
@@ -41,5 +42,22 @@ def _points_3035(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
 
 def tile_arrays(grid: Grid, n_classes: int = 11) -> tuple[np.ndarray, np.ndarray]:
     """Encoded probabilities (uint16, as the filter stage writes them) and counts on ``grid``."""
-    x, y = _points_3035(grid)
+    x, y = points_3035(grid)
     return probs_io.encode(field(x, y, n_classes), np.ones(grid.shape, bool)), counts(x, y)
+
+
+def stand_in_tile_stages(write) -> tuple:
+    """Stages with the names, scope and outputs of the tile stages the PU stages read (ingest's
+    ``valid_obs``, filter's ``filtered``; classify only leaves a note), whose computation is
+    ``write(io, name)`` for "valid_obs" and "filtered": the mosaic tests and the PU benchmark
+    run the real plan, join and PU stages on generated tiles through them."""
+    from clcplus_ops.stage import Stage
+
+    return (
+        Stage(name="ingest", scope="tile", inputs=("define_tile",), outputs={"valid_obs": "valid_obs.tif"},
+              compute=lambda io: write(io, "valid_obs")),
+        Stage(name="classify", scope="tile", outputs={"note": "classify.json"},
+              compute=lambda io: io.write_json("note", {"generated": True})),
+        Stage(name="filter", scope="tile", outputs={"filtered": "probabilities_filtered.tif"},
+              compute=lambda io: write(io, "filtered")),
+    )
