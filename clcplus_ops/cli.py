@@ -418,11 +418,19 @@ def _demo_products(config, year: int, units: list[str], truth_url: str, store) -
                       f"commission {'-' if co is None else f'{100 * co:5.1f} %'}")
     seam = figures.get("seam")
     if seam:
+        def pct(layer: str, key: str) -> str:
+            return f"{100 * seam[layer][key]:.1f} %"
+
         print(f"demo: seam {units[0]}|{units[1]}: class changes between pixel pairs across the border vs 1 km inside "
-              f"either PU ({seam['after']['pairs_across']:,} / {seam['after']['pairs_inside']:,} pairs): before blending "
-              f"{100 * seam['before']['across']:.1f} % vs {100 * seam['before']['inside']:.1f} %, after blending "
-              f"{100 * seam['after']['across']:.1f} % vs {100 * seam['after']['inside']:.1f} % (synthetic truth "
-              f"{100 * seam['truth']['across']:.1f} % vs {100 * seam['truth']['inside']:.1f} %)")
+              f"either PU vs 1-10 px beside the border ({seam['pairs_across']:,} / {seam['pairs_inside']:,} / "
+              f"{seam['pairs_beside']:,} land pairs): before blending {pct('before', 'across')} vs "
+              f"{pct('before', 'inside')} vs {pct('before', 'beside')}, after blending {pct('after', 'across')} vs "
+              f"{pct('after', 'inside')} vs {pct('after', 'beside')}; the synthetic truth {pct('truth', 'across')} vs "
+              f"{pct('truth', 'inside')} vs {pct('truth', 'beside')}")
+        print(f"demo: seam {units[0]}|{units[1]}: changes where the truth has none, across vs 1 km inside vs beside: "
+              f"before blending {pct('before', 'spurious_across')} vs {pct('before', 'spurious_inside')} vs "
+              f"{pct('before', 'spurious_beside')}, after {pct('after', 'spurious_across')} vs "
+              f"{pct('after', 'spurious_inside')} vs {pct('after', 'spurious_beside')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,12 +171,17 @@ def pu_products(config: Config, reference_year: int, pu_ids: Sequence[str], trut
     return out
 
 
-def seam_rates(west, east, classes: np.ndarray, inside_px: int = 100, width_px: int = 10) -> dict:
+def seam_rates(west, east, classes: np.ndarray, inside_px: int = 100, width_px: int = 10, beside_px: int = 10) -> dict:
     """Class-change rates between horizontally adjacent pixels whose left pixel is the west PU's
     and right pixel the east PU's (pairs straddling the border), and between pairs ``inside_px``
     to ``inside_px + width_px`` pixels inside either PU on the same rows; for the map before
-    blending, after blending (RAS) and the truth. Each argument: (grid, own, ras, before, truth)
-    on aligned grids of one CRS."""
+    blending, after blending (RAS) and the truth; and between pairs 1 to ``beside_px`` pixels
+    beside the border on either side (the same rows and nearly the same landscape: a seam is an
+    excess across the border over these). Also the *spurious* change rates: the map
+    changes class where the truth does not (a seam shows as spurious changes across the border;
+    the plain rates also count the landscape's own class boundaries, which differ between the
+    border's rows and 1 km inside). Each argument: (grid, own, ras, before, truth) on aligned
+    grids of one CRS."""
     from clcplus_ops.geo.grid import Grid
 
     (g1, own1, *maps1), (g2, own2, *maps2) = west, east
@@ -196,20 +201,36 @@ def seam_rates(west, east, classes: np.ndarray, inside_px: int = 100, width_px: 
         paste(g1, own1, maps1[i], 1, layers[i], owner)
         paste(g2, own2, maps2[i], 2, layers[i], owner)
     rows, cols = np.nonzero((owner[:, :-1] == 1) & (owner[:, 1:] == 2))
-    result = {"border_pairs": int(rows.size)}
-    for name, layer in zip(("after", "before", "truth"), layers):
-        def rate(c_left: np.ndarray, side: int) -> tuple[float, int]:
-            ok = (c_left >= 0) & (c_left + 1 < canvas.width)
-            r, c = rows[ok], c_left[ok]
-            a, b = layer[r, c], layer[r, c + 1]
-            keep = (owner[r, c] == side) & (owner[r, c + 1] == side) if side else np.ones(r.size, bool)
-            keep &= np.isin(a, classes) & np.isin(b, classes)
-            return float((a[keep] != b[keep]).mean()) if keep.any() else float("nan"), int(keep.sum())
+    truth = layers[2]
 
-        across, n_across = rate(cols, 0)
-        inner = [rate(cols - shift, 1) for shift in range(inside_px, inside_px + width_px)]
-        inner += [rate(cols + shift, 2) for shift in range(inside_px, inside_px + width_px)]
-        n_inner = sum(n for _, n in inner)
-        result[name] = {"across": across, "pairs_across": n_across, "pairs_inside": n_inner,
-                        "inside": sum(r * n for r, n in inner if n) / max(n_inner, 1)}
+    def pairs(c_left: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, left columns) of the pairs at ``c_left`` on the border rows, both pixels of
+        PU ``side`` (0: the border pairs themselves) and classed in the maps and the truth."""
+        ok = (c_left >= 0) & (c_left + 1 < canvas.width)
+        r, c = rows[ok], c_left[ok]
+        keep = (owner[r, c] == side) & (owner[r, c + 1] == side) if side else np.ones(r.size, bool)
+        for layer in layers:
+            keep &= np.isin(layer[r, c], classes) & np.isin(layer[r, c + 1], classes)
+        return r[keep], c[keep]
+
+    def both_sides(first: int, count: int) -> list:
+        return [pairs(cols - shift, 1) for shift in range(first, first + count)] + \
+            [pairs(cols + shift, 2) for shift in range(first, first + count)]
+
+    across, inner, beside = [pairs(cols, 0)], both_sides(inside_px, width_px), both_sides(1, beside_px)
+    result = {"pairs_across": int(across[0][0].size), "pairs_inside": int(sum(r.size for r, _ in inner)),
+              "pairs_beside": int(sum(r.size for r, _ in beside))}
+    for name, layer in zip(("after", "before", "truth"), layers):
+        def rates(chosen) -> tuple[float, float]:
+            r = np.concatenate([p[0] for p in chosen])
+            c = np.concatenate([p[1] for p in chosen])
+            if not r.size:
+                return float("nan"), float("nan")
+            changes = layer[r, c] != layer[r, c + 1]
+            spurious = changes & (truth[r, c] == truth[r, c + 1])
+            return float(changes.mean()), float(spurious.mean())
+
+        (a, a_spurious), (i, i_spurious), (b, b_spurious) = rates(across), rates(inner), rates(beside)
+        result[name] = {"across": a, "inside": i, "beside": b, "spurious_across": a_spurious,
+                        "spurious_inside": i_spurious, "spurious_beside": b_spurious}
     return result

@@ -284,13 +284,14 @@ def test_layers_codes_and_the_own_areas_partition_the_pus(blended, figure):
            f"A, B, C own areas partition the 3 squares (every pixel exactly once)")
 
 
-def test_layers_rerun_skips_and_forced_run_gives_the_same_bytes(blended):
+@pytest.mark.parametrize("stage", [BLEND, LAYERS], ids=lambda s: s.name)
+def test_rerun_skips_and_forced_run_gives_the_same_bytes(blended, stage):
     config = blended["config"]
     target = Target("demo", YEAR, "A")
-    before = stage_record(config, LAYERS, target)
-    assert run_stage(LAYERS, config, target)["skipped"]
-    run_stage(LAYERS, config, target, force=True)
-    after = stage_record(config, LAYERS, target)
+    before = stage_record(config, stage, target)
+    assert run_stage(stage, config, target)["skipped"]
+    run_stage(stage, config, target, force=True)
+    after = stage_record(config, stage, target)
     assert {k: v["sha256"] for k, v in after.files.items()} == {k: v["sha256"] for k, v in before.files.items()}
 
 
@@ -301,3 +302,18 @@ def test_an_unusable_coastline_file_is_a_clear_error(blended, tmp_path):
     bad = config.model_copy(update={"layers": config.layers.model_copy(update={"coastline_path": str(tmp_path / "no.gpkg")})})
     with pytest.raises(StageInputError, match="coastline file .*no.gpkg does not exist"):
         run_stage(LAYERS, bad, Target("demo", YEAR, "A"))
+
+
+def test_class_and_confidence_are_argmax_and_the_top_two_margin():
+    from clcplus_ops.postprocessing.layers import classes_and_confidence
+
+    rng = np.random.default_rng(0)
+    encoded = rng.integers(0, 10_000, (11, 200, 200)).astype(np.uint16)
+    encoded[:, :5] = encoded[0, :5]  # ties: the first class, margin 0
+    encoded[:, 10, 10] = probs_io.NODATA
+    codes, confidence, valid = classes_and_confidence(encoded, np.arange(1, 12))
+    top_two = np.sort(encoded.astype(np.int32), axis=0)[-2:]
+    assert valid.sum() == 200 * 200 - 1 and codes[10, 10] == 0 and confidence[10, 10] == 0
+    assert np.array_equal(codes[valid], (np.argmax(encoded, axis=0) + 1)[valid])
+    assert np.array_equal(confidence[valid], np.minimum((top_two[1] - top_two[0] + 50) // 100, 100)[valid])
+    assert (confidence[:5] == 0).all() and (codes[:5] == 1).all()

@@ -208,17 +208,23 @@ def _prepare(ctx) -> External:
 
 
 def _read(dataset_grid: Grid, dataset, block: Grid, n_classes: int) -> np.ndarray:
-    """``block`` of an encoded probability raster on ``dataset_grid``: float32, NaN where there
-    are no data or the raster does not reach."""
-    out = np.full((n_classes, block.height, block.width), np.nan, np.float32)
+    """``block`` of an encoded probability raster on ``dataset_grid`` (uint16, NODATA where the
+    raster does not reach)."""
+    out = np.full((n_classes, block.height, block.width), probs_io.NODATA, np.uint16)
     part = block.intersection(dataset_grid)
     if part is None:
         return out
-    p, valid = probs_io.decode(dataset.read(window=part.window_in(dataset_grid)))
-    p[:, ~valid] = np.nan
     into = part.window_in(block)
-    out[:, into.row_off:into.row_off + into.height, into.col_off:into.col_off + into.width] = p
+    out[:, into.row_off:into.row_off + into.height, into.col_off:into.col_off + into.width] = \
+        dataset.read(window=part.window_in(dataset_grid))
     return out
+
+
+def _decoded(encoded: np.ndarray) -> np.ndarray:
+    """float32 probabilities, NaN where there are no data."""
+    p, valid = probs_io.decode(encoded)
+    p[:, ~valid] = np.nan
+    return p
 
 
 def _compute(io: StageIO) -> dict:
@@ -253,27 +259,28 @@ def _compute(io: StageIO) -> dict:
             probs_io.describe(out, sorted(io.config.codes.classes), io.config.codes.classes)
             for _, _, block in blocks_with_progress(grid, io.params["block_px"], io.log, f"{io.target.pu_id} blend"):
                 own_area = inside(own_geometry, block)
-                blended = np.full((n_classes, block.height, block.width), np.nan, np.float32)
+                encoded = _read(own_grid, own_ds, block, n_classes)
                 if own_area.any():
-                    stack_p = [_read(own_grid, own_ds, block, n_classes)]
-                    stack_w = [weight(interpolate(distances[io.target.pu_id], lattice, block), buffer_m)]
-                    names = [io.target.pu_id]
+                    weights = [weight(interpolate(distances[io.target.pu_id], lattice, block), buffer_m)]
+                    others = []
                     for n in ready:
                         w = weight(interpolate(distances[n.pu_id], lattice, block), buffer_m)
                         if (w[own_area] > 0).any():
-                            stack_p.append(_read(grids[n.pu_id], datasets[n.pu_id], block, n_classes))
-                            stack_w.append(w)
-                            names.append(n.pu_id)
-                    blended, contributors = blend(stack_p, stack_w) if len(stack_p) > 1 else \
-                        (stack_p[0], (~np.isnan(stack_p[0][0])).astype(np.int64))
-                    blended[:, ~own_area] = np.nan
+                            others.append(n.pu_id)
+                            weights.append(w)
                     pixels["own"] += int(own_area.sum())
-                    pixels["blended"] += int((own_area & (contributors > 1)).sum())
-                    pixels["no_data"] += int((own_area & (contributors == 0)).sum())
-                    for name, p, w in zip(names[1:], stack_p[1:], stack_w[1:]):
-                        pixels["by_neighbour"][name] += int((own_area & (w > 0) & ~np.isnan(p[0])).sum())
-                valid = ~np.isnan(blended[0])
-                out.write(probs_io.encode(np.nan_to_num(blended), valid), window=block.window_in(grid))
+                    if others:
+                        stack_p = [_decoded(encoded)] + [_decoded(_read(grids[name], datasets[name], block, n_classes))
+                                                         for name in others]
+                        blended, contributors = blend(stack_p, weights)
+                        encoded = probs_io.encode(np.nan_to_num(blended), contributors > 0)
+                        pixels["blended"] += int((own_area & (contributors > 1)).sum())
+                        for name, p, w in zip(others, stack_p[1:], weights[1:]):
+                            pixels["by_neighbour"][name] += int((own_area & (w > 0) & ~np.isnan(p[0])).sum())
+                    # (no neighbour weighs here: the PU's own probabilities, as stored)
+                    pixels["no_data"] += int((own_area & (encoded[0] == probs_io.NODATA)).sum())
+                encoded[:, ~own_area] = probs_io.NODATA
+                out.write(encoded, window=block.window_in(grid))
     missing = io.external["missing"]
     if missing:
         io.log.warning("%s: neighbours %s have no mosaic yet: blended without them; re-run blend once they have "

@@ -41,9 +41,18 @@ def classes_and_confidence(encoded: np.ndarray, classes: np.ndarray) -> tuple[np
     (uint16 (classes, rows, cols), probs_io encoding). Confidence is round half up of
     100 x (highest - second highest); 0 and class 0 where not valid."""
     valid = encoded[0] != probs_io.NODATA
-    top = np.argmax(encoded, axis=0)
-    two = np.partition(encoded, -2, axis=0)[-2:].astype(np.int32)
-    margin = two[1] - two[0]  # units of 1e-4
+    # One pass over the bands for the highest, its band and the second highest (a partition
+    # along the band axis is several times slower); ties go to the first band, as argmax's.
+    first = encoded[0].astype(np.int32)
+    second = np.zeros_like(first)
+    top = np.zeros(first.shape, np.intp)
+    for k in range(1, encoded.shape[0]):
+        band = encoded[k].astype(np.int32)
+        higher = band > first
+        second = np.maximum(second, np.where(higher, first, band))
+        first = np.where(higher, band, first)
+        top[higher] = k
+    margin = first - second  # units of 1e-4
     confidence = np.minimum((margin + 50) // 100, 100).astype(np.uint8)
     codes = classes[top].astype(np.uint8)
     codes[~valid] = 0

@@ -5,7 +5,9 @@ counts, resampled from their UTM tiles onto the PU's part of the product grid (E
 Resampling rules:
 
 * probabilities: **bilinear**. An output pixel is a mean of the four nearest source probability
-  vectors with weights summing to 1, so it is again a probability vector. Nearest neighbour on
+  vectors with weights summing to 1, so it is again a probability vector. The stored uint16
+  values are warped as they are (GDAL rounds the mean): within the encoding's own 5e-5 of the
+  mean of the decoded probabilities, at the cost of a plain warp. Nearest neighbour on
   the UTM ▸ LAEA rotation (up to a few degrees) would repeat or drop whole source pixels along
   slanted lines, a pattern a user sees in the map; bilinear moves values by less than a pixel.
 * valid-observation counts: **nearest**. A count belongs to one source pixel; the mean of four
@@ -39,9 +41,9 @@ _PAD_PX = 2  # source pixels around a block's footprint: bilinear needs its neig
 
 @dataclass(frozen=True)
 class ZoneArrays:
-    """One UTM zone's assembled source for a block: probabilities float32 (classes, rows, cols)
-    with NaN where no tile has a valid value, and counts uint16 (rows, cols), COUNT_NODATA where
-    no tile covers the pixel, on ``grid`` (the zone's lattice)."""
+    """One UTM zone's assembled source for a block: encoded probabilities uint16 (classes, rows,
+    cols; probs_io encoding, NODATA where no tile has a valid value), and counts uint16 (rows,
+    cols), COUNT_NODATA where no tile covers the pixel, on ``grid`` (the zone's lattice)."""
 
     grid: Grid
     probabilities: np.ndarray
@@ -92,29 +94,36 @@ def warp(source: np.ndarray, src_grid: Grid, dst_grid: Grid, resampling: str, no
 
 
 def mosaic_block(block: Grid, zones: Mapping[int, ZoneArrays], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (float32, NaN where none) and counts (uint16, COUNT_NODATA where none) of
-    ``block`` from the zones' assembled sources. A pixel takes its home zone where that zone's
-    bilinear neighbours all have values, else another zone whose neighbours all have values (a
-    zone's tiles end near the zone boundary), else any value there is (the PU's outer edge)."""
-    probabilities = np.full((n_classes, block.height, block.width), np.nan, np.float32)
-    counts = np.full((block.height, block.width), COUNT_NODATA, np.uint16)
+    """Encoded probabilities (uint16, NODATA where none) and counts (uint16, COUNT_NODATA where
+    none) of ``block`` from the zones' assembled sources. With one zone, its warp. With more, a
+    pixel takes its home zone where that zone's bilinear neighbours all have values, else
+    another zone whose neighbours all have values (a zone's tiles end near the zone boundary),
+    else any value there is (the PU's outer edge)."""
+    nodata = np.uint16(probs_io.NODATA)
     if not zones:
-        return probabilities, counts
-    home = home_zones(block) if len(zones) > 1 else None
+        return (np.full((n_classes, block.height, block.width), nodata, np.uint16),
+                np.full(block.shape, COUNT_NODATA, np.uint16))
+    if len(zones) == 1:
+        (z,) = zones.values()
+        return (warp(z.probabilities, z.grid, block, "bilinear", nodata),
+                warp(z.counts[None], z.grid, block, "nearest", np.uint16(COUNT_NODATA))[0])
+    probabilities = np.full((n_classes, block.height, block.width), nodata, np.uint16)
+    counts = np.full(block.shape, COUNT_NODATA, np.uint16)
+    home = home_zones(block)
     warped = {}
     for epsg, z in sorted(zones.items()):
-        has_value = (~np.isnan(z.probabilities[0])).astype(np.float32)[None]
+        has_value = (z.probabilities[0] != nodata).astype(np.float32)[None]
         whole = warp(has_value, z.grid, block, "bilinear", np.float32(-1))[0] >= 1 - 1e-6
-        warped[epsg] = (warp(z.probabilities, z.grid, block, "bilinear", np.float32(np.nan)),
+        warped[epsg] = (warp(z.probabilities, z.grid, block, "bilinear", nodata),
                         warp(z.counts[None], z.grid, block, "nearest", np.uint16(COUNT_NODATA))[0], whole)
     everywhere = np.ones(block.shape, bool)
     for rank in ("home", "whole", "any"):
         for epsg, (p, c, whole) in warped.items():
             if rank == "home":
-                take = whole & ((home == epsg) if home is not None else everywhere)
+                take = whole & (home == epsg)
             else:
                 take = whole if rank == "whole" else everywhere
-            fill_p = take & np.isnan(probabilities[0]) & ~np.isnan(p[0])
+            fill_p = take & (probabilities[0] == nodata) & (p[0] != nodata)
             probabilities[:, fill_p] = p[:, fill_p]
             fill_c = take & (counts == COUNT_NODATA) & (c != COUNT_NODATA)
             counts[fill_c] = c[fill_c]
@@ -138,7 +147,7 @@ class TileSource:
 def assemble(window: Grid, tiles: Sequence[TileSource], datasets: Mapping[str, tuple], n_classes: int) -> ZoneArrays:
     """The zone's source on ``window``: each tile's core part inside the window, read from its
     open (filtered, valid_obs) datasets."""
-    probabilities = np.full((n_classes, window.height, window.width), np.nan, np.float32)
+    probabilities = np.full((n_classes, window.height, window.width), probs_io.NODATA, np.uint16)
     counts = np.full(window.shape, COUNT_NODATA, np.uint16)
     for tile in tiles:
         part = window.intersection(tile.core)
@@ -148,9 +157,7 @@ def assemble(window: Grid, tiles: Sequence[TileSource], datasets: Mapping[str, t
         into = part.window_in(window)
         rows = slice(into.row_off, into.row_off + into.height)
         cols = slice(into.col_off, into.col_off + into.width)
-        p, valid = probs_io.decode(filtered.read(window=part.window_in(Grid.of_dataset(filtered))))
-        p[:, ~valid] = np.nan
-        probabilities[:, rows, cols] = p
+        probabilities[:, rows, cols] = filtered.read(window=part.window_in(Grid.of_dataset(filtered)))
         counts[rows, cols] = valid_obs.read(1, window=part.window_in(Grid.of_dataset(valid_obs)))
     return ZoneArrays(window, probabilities, counts)
 
@@ -220,9 +227,8 @@ def _compute(io: StageIO) -> dict:
                     if any(window.intersection(t.core) is not None for t in tiles):
                         zones[epsg] = assemble(window, tiles, datasets, n_classes)
                 probabilities, counts = mosaic_block(block, zones, n_classes)
-                valid = ~np.isnan(probabilities[0])
-                valid_pixels += int(valid.sum())
-                out_p.write(probs_io.encode(np.nan_to_num(probabilities), valid), window=block.window_in(grid))
+                valid_pixels += int((probabilities[0] != probs_io.NODATA).sum())
+                out_p.write(probabilities, window=block.window_in(grid))
                 out_c.write(counts[None], window=block.window_in(grid))
     zones_used = sorted(by_zone)
     io.log.info("%s: mosaic of %d tiles (UTM zones %s) on %s %d x %d px, %d px with probabilities",
