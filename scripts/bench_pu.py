@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,7 +42,7 @@ COARSE = 10  # generated at 100 m, repeated to 10 m
 
 
 def _generated(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    coarse = Grid(grid.epsg, grid.transform * __import__("affine").Affine.scale(COARSE),
+    coarse = Grid(grid.epsg, grid.transform * Affine.scale(COARSE),
                   -(-grid.height // COARSE), -(-grid.width // COARSE))
     p, counts = probability_tiles.tile_arrays(coarse)
     p = np.repeat(np.repeat(p, COARSE, axis=1), COARSE, axis=2)[:, :grid.height, :grid.width]

@@ -22,7 +22,7 @@ inside it); a neighbour is ready once its mosaic is committed.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -112,12 +112,6 @@ def blend(probabilities: Sequence[np.ndarray], weights: Sequence[np.ndarray]) ->
 # Neighbours
 
 
-def _layout_units(config, layout: str):
-    from clcplus_ops.geo.layout import load_layout
-
-    return load_layout(config.layout_path(layout))
-
-
 @lru_cache(maxsize=512)
 def _neighbours_cached(layout_path: str, mtime: float, pu_id: str, reach_m: float) -> tuple[str, ...]:
     from clcplus_ops.geo.layout import load_layout
@@ -174,24 +168,21 @@ class NeighbourMosaic:
     probabilities: Input
 
 
-def _geometry_hash(geometry: BaseGeometry) -> str:
-    return hashlib.sha256(geometry.wkb).hexdigest()[:16]
-
-
 def _params(config, target: Target, options) -> dict:
-    from clcplus_ops.geo.eea_grid import pu_grid
+    from clcplus_ops.postprocessing.mosaic import area_hash, layout_units, product_grid
 
-    units = _layout_units(config, target.layout)
-    unit = units[target.pu_id]
+    units = layout_units(config, target.layout)
     involved = (target.pu_id, *neighbours(config, target.layout, target.pu_id))
-    return {"grid": pu_grid(unit, config.grid.pixel_size_m, config.grid.pu_buffer_m).to_dict(),
+    return {"grid": product_grid(config, units[target.pu_id]).to_dict(),
             "buffer_m": config.grid.pu_buffer_m, "distance_cell_m": config.blending.distance_cell_m,
-            "areas": {pu: _geometry_hash(units[pu].geometry) for pu in involved},
+            "areas": {pu: area_hash(units[pu]) for pu in involved},
             "encoding": probs_io.encoding(), "block_px": config.blending.block_px}
 
 
 def _prepare(ctx) -> External:
-    units = _layout_units(ctx.config, ctx.target.layout)
+    from clcplus_ops.postprocessing.mosaic import layout_units
+
+    units = layout_units(ctx.config, ctx.target.layout)
     own = units[ctx.target.pu_id]
     ready, missing, identity = [], [], {}
     for pu_id in neighbours(ctx.config, ctx.target.layout, ctx.target.pu_id):
@@ -228,8 +219,6 @@ def _decoded(encoded: np.ndarray) -> np.ndarray:
 
 
 def _compute(io: StageIO) -> dict:
-    import contextlib
-
     from clcplus_ops.geo.masks import inside
 
     grid = Grid.from_dict(io.params["grid"])

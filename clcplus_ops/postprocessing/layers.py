@@ -22,12 +22,14 @@ and another PU, or nobody, delivers it.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.errors import StageInputError
 from clcplus_ops.geo.grid import Grid
-from clcplus_ops.postprocessing.mosaic import COUNT_NODATA
+from clcplus_ops.postprocessing.mosaic import COUNT_NODATA, area_hash, layout_units, product_grid
 from clcplus_ops.stage import External, Stage, StageIO, Target, blocks_with_progress
 
 FILLED, UNFILLED = 1, 2  # values of nodata.tif in the area (0: observed)
@@ -114,20 +116,10 @@ LAYER_FILES = {"ras": "layers/ras.tif", "rascl": "layers/rascl.tif", "rasdl": "l
                "raspl": "layers/raspl.tif", "nodata": "layers/nodata.tif"}
 
 
-def _unit(config, target: Target):
-    from clcplus_ops.geo.layout import load_layout
-
-    return load_layout(config.layout_path(target.layout))[target.pu_id]
-
-
 def _params(config, target: Target, options) -> dict:
-    import hashlib
-
-    from clcplus_ops.geo.eea_grid import pu_grid
-
-    unit = _unit(config, target)
-    return {"grid": pu_grid(unit, config.grid.pixel_size_m, config.grid.pu_buffer_m).to_dict(),
-            "area": hashlib.sha256(unit.geometry.wkb).hexdigest()[:16], "aoi_buffer_m": config.grid.aoi_buffer_m,
+    unit = layout_units(config, target.layout)[target.pu_id]
+    return {"grid": product_grid(config, unit).to_dict(), "area": area_hash(unit),
+            "aoi_buffer_m": config.grid.aoi_buffer_m,
             "codes": config.codes.model_dump(mode="json"), "layers": config.layers.model_dump(mode="json"),
             "block_px": config.blending.block_px}
 
@@ -139,7 +131,7 @@ def _prepare(ctx) -> External:
         identity = coastline_identity(ctx.config.layers.coastline_path)
     except CoastlineError as error:
         raise StageInputError(str(error)) from error
-    return External(identity={"coastline": identity}, value=_unit(ctx.config, ctx.target))
+    return External(identity={"coastline": identity}, value=layout_units(ctx.config, ctx.target.layout)[ctx.target.pu_id])
 
 
 def _compute(io: StageIO) -> dict:
@@ -163,8 +155,6 @@ def _compute(io: StageIO) -> dict:
     specs = {"ras": ("uint8", codes.outside), "rascl": ("uint8", codes.confidence_outside),
              "rasdl": ("uint16", codes.data_score_outside), "raspl": ("uint8", codes.post_processing_outside),
              "nodata": ("uint8", codes.outside)}
-    import contextlib
-
     with contextlib.ExitStack() as stack:
         blended = stack.enter_context(io.input("blend", "probabilities").raster())
         counts_ds = stack.enter_context(io.input("mosaic", "valid_obs").raster())

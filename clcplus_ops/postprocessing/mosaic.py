@@ -166,16 +166,29 @@ def assemble(window: Grid, tiles: Sequence[TileSource], datasets: Mapping[str, t
 # The stage
 
 
-def _unit(config, target: Target):
+def layout_units(config, layout: str) -> dict:
+    """The PUs of ``layout`` (the PU stages on the product grid read them from here)."""
     from clcplus_ops.geo.layout import load_layout
 
-    return load_layout(config.layout_path(target.layout))[target.pu_id]
+    return load_layout(config.layout_path(layout))
+
+
+def product_grid(config, unit) -> Grid:
+    """The PU's part of the product grid: its area plus the PU buffer, at the pixel size."""
+    from clcplus_ops.geo.eea_grid import pu_grid
+
+    return pu_grid(unit, config.grid.pixel_size_m, config.grid.pu_buffer_m)
+
+
+def area_hash(unit) -> str:
+    """A short digest of the PU's polygon, for fingerprints of stages that use its shape."""
+    import hashlib
+
+    return hashlib.sha256(unit.geometry.wkb).hexdigest()[:16]
 
 
 def _params(config, target: Target, options) -> dict:
-    from clcplus_ops.geo.eea_grid import pu_grid
-
-    grid = pu_grid(_unit(config, target), config.grid.pixel_size_m, config.grid.pu_buffer_m)
+    grid = product_grid(config, layout_units(config, target.layout)[target.pu_id])
     return {"grid": grid.to_dict(), "resampling": {"probabilities": "bilinear", "valid_obs": "nearest"},
             "encoding": probs_io.encoding(), "block_px": config.blending.block_px,
             "profile": config.rasters.probabilities.model_dump()}
