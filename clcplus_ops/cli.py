@@ -214,6 +214,17 @@ def cmd_stages(args) -> int:
     return 0
 
 
+def cmd_previous_import(args) -> int:
+    """An external production (11-band probability GeoTIFF, any grid) as a PU's production of
+    its reference year, for the calibration of later years."""
+    stage = _pipeline().STAGES["import_production"]
+    summary = _run(args, stage, _target(args), {"source": args.file})
+    state = "current, kept" if summary["skipped"] else "imported"
+    print(f"{args.pu_id} {args.year} production {state}: {summary['outputs']['probabilities']} "
+          f"({summary.get('pixels_valid', 0):,} px with probabilities; source scale {summary.get('scale')})")
+    return 0
+
+
 def cmd_samples_import(args) -> int:
     from clcplus_ops.locations import Locations
     from clcplus_ops.model.sample_db import import_samples
@@ -318,9 +329,11 @@ def cmd_demo(args) -> int:
             else:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     # The demo runs its PUs one after the other: the first waits briefly for its neighbour's
-    # mosaic, blends without it, and its blend is re-run once the neighbour has one.
+    # mosaic, blends without it, and its blend is re-run once the neighbour has one. It produces
+    # the previous reference year first, so the current year is calibrated against it.
     config_path = write_embedded_config(home, home / "config.yaml", {
-        "blending": {"neighbour_timeout_minutes": 0.25, "neighbour_poll_seconds": 5}})
+        "blending": {"neighbour_timeout_minutes": 0.25, "neighbour_poll_seconds": 5},
+        "calibration": {"previous_productions": 1}})
     env = airflow_env(home, repo, config_path)
     env.setdefault("PYTHONWARNINGS", "ignore")  # library deprecation chatter hides the demo's output
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -328,67 +341,138 @@ def cmd_demo(args) -> int:
     print(f"demo: Airflow home {env['AIRFLOW_HOME']} (SQLite, LocalExecutor), store {home / 'store'}")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     config = load_config(config_path)
+    from clcplus_ops.postprocessing.calibration import previous_years
     from clcplus_ops.synthetic import build_world
 
-    world = build_world(config, args.year)
-    print(f"demo: synthetic Sentinel-2 world {args.year} {'reused' if world['skipped'] else 'generated'}: "
-          f"{world['items']} scenes in {world['catalog_url']}")
+    earlier = args.previous_year or previous_years(config, args.year)[-1]
+    years = [earlier, args.year]
+    worlds = {}
+    for year in years:
+        worlds[year] = build_world(config, year)
+        print(f"demo: synthetic Sentinel-2 world {year} {'reused' if worlds[year]['skipped'] else 'generated'}: "
+              f"{worlds[year]['items']} scenes in {worlds[year]['catalog_url']}")
     units = [u["pu_id"] for u in layout_index(config.layout_path("demo"))]
     from clcplus_ops import demo
+    from clcplus_ops.runner import store_for
 
-    for model in demo.ensure_models(config, args.year, units, world["samples_csv_url"]):
-        how = "trained on the synthetic samples" if model["trained"] else "registered earlier, reused"
-        print(f"demo: {model['pu_id']} model {model['version']} ({how}; hold-out overall accuracy "
-              f"{100 * model['overall_accuracy']:.1f} %)")
+    store = store_for(config)
+    # One sample set (the current year's world's) for every year's model, each trained with its
+    # own year's time series: the years' maps are equally good, as their calibration assumes.
+    samples = [worlds[args.year]["samples_csv_url"]]
+    for year in years:
+        # Each production classifies with its own year's model, as in a real production.
+        models = {}
+        for model in demo.ensure_models(config, year, units, samples):
+            how = "trained on the synthetic samples" if model["trained"] else "registered earlier, reused"
+            print(f"demo: {model['pu_id']} model {model['version']} of {year} ({how}; hold-out overall accuracy "
+                  f"{100 * model['overall_accuracy']:.1f} %)")
+            models[model["pu_id"]] = model["version"]
+        code = _demo_year(config, year, units, worlds[year], env, airflow, store, models, detailed=year == args.year)
+        if code:
+            return code
+    _demo_calibration(config, args.year, earlier, units, {y: worlds[y]["truth_url"] for y in years}, store)
+    print(f"demo: finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _demo_year(config, year: int, units: list[str], world: dict, env: dict, airflow: str, store, models: dict,
+               detailed: bool) -> int:
+    """One reference year of the demo: each PU's DAG, then the tiles' and the PUs' figures."""
+    from clcplus_ops import demo
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.pipeline import CLASSIFY, INGEST
+    from clcplus_ops.runner import stage_record
+    from clcplus_ops.stage import Target
+
     for pu_id in units:
         dag_id = f"clcplus_pu_{pu_id}"
-        print(f"demo: running {dag_id} for reference year {args.year}: ingest, classify, filter every tile, then "
-              f"mosaic, wait for the neighbours, blend, layers")
+        print(f"demo: running {dag_id} for reference year {year}: ingest, classify, filter every tile, then "
+              f"mosaic, wait for the neighbours, blend, calibrate, recode, layers")
         # The logical date is the day the acquisition window closed.
-        result = subprocess.run([airflow, "dags", "test", dag_id, f"{args.year + 1}-04-01"], env=env)
+        result = subprocess.run([airflow, "dags", "test", dag_id, f"{year + 1}-04-01",
+                                 "--conf", json.dumps({"model_version": models[pu_id]})], env=env)
         if result.returncode:
             print(f"demo: {dag_id} failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
-    from clcplus_ops.locations import Locations
-    from clcplus_ops.pipeline import CLASSIFY, INGEST
-    from clcplus_ops.runner import stage_record, store_for
-    from clcplus_ops.stage import Target
-
-    store = store_for(config)
     locations = Locations(config.for_layout("demo"))
     for pu_id in units:
-        place = locations.pu(args.year, pu_id)
+        place = locations.pu(year, pu_id)
         done = store.read_json(place.tiles_done)
-        targets = [Target("demo", args.year, pu_id, t) for t in done["tiles"]]
+        targets = [Target("demo", year, pu_id, t) for t in done["tiles"]]
         records = [stage_record(config, INGEST, target, store) for target in targets]
         dates = [r.details["dates"] for r in records]
         skipped = sum(r.details["scenes_skipped"] for r in records)
         engines = {stage_record(config, CLASSIFY, target, store).details["engine"]["precision"] for target in targets}
-        print(f"demo: {pu_id} {args.year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
+        print(f"demo: {pu_id} {year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
               f"dates per tile, {skipped} scenes skipped), classified ({'/'.join(sorted(engines))}) and filtered "
               f"under {place.base}")
     pixels = correct = correct_raw = 0
     for pu_id in units:
-        acc = demo.map_accuracy(config, args.year, pu_id, world["truth_url"], store)
-        print(f"demo: {pu_id} map against the synthetic ground truth ({acc['pixels']:,} px): overall accuracy "
+        acc = demo.map_accuracy(config, year, pu_id, world["truth_url"], store)
+        print(f"demo: {pu_id} {year} map against the synthetic ground truth ({acc['pixels']:,} px): overall accuracy "
               f"{100 * acc['overall_accuracy_classified']:.2f} % classified, "
               f"{100 * acc['overall_accuracy_filtered']:.2f} % after the bilateral filter "
               f"({100 * acc['changed_by_filter']:.2f} % of pixels changed class)")
         pixels += acc["pixels"]
         correct += acc["overall_accuracy_filtered"] * acc["pixels"]
         correct_raw += acc["overall_accuracy_classified"] * acc["pixels"]
-    print(f"demo: overall accuracy of the filtered maps {100 * correct / pixels:.2f} % "
+    print(f"demo: {year} overall accuracy of the filtered maps {100 * correct / pixels:.2f} % "
           f"(unfiltered {100 * correct_raw / pixels:.2f} %) over {pixels:,} px")
-    _demo_products(config, args.year, units, world["truth_url"], store)
-    print(f"demo: finished in {time.perf_counter() - started:.0f} s")
+    _demo_products(config, year, units, world["truth_url"], store, detailed)
     return 0
 
 
-def _demo_products(config, year: int, units: list[str], truth_url: str, store) -> None:
+def _demo_calibration(config, year: int, earlier: int, units: list[str], truth_urls: dict, store) -> None:
+    """The calibration and recoding figures of the demo against the truth of both years."""
+    from clcplus_ops import demo
+
+    figures = demo.calibration_figures(config, year, earlier, units, truth_urls, store)
+
+    def pct(a: int, b: int) -> str:
+        return f"{100 * a / b:.1f} %" if b else "-"
+
+    for pu_id, f in figures["pus"].items():
+        c = f["calibration"]
+        print(f"demo: {pu_id} calibration {year} against {', '.join(map(str, c.get('previous_years', [])))}: "
+              f"{c.get('changed', 0):,} px changed class, {c.get('kept', 0):,} kept, {c.get('suppressed', 0):,} "
+              f"suppressed; {c.get('from_previous_no_data', 0):,} px without observations took the prior")
+        print(f"demo:   {pu_id} against the truth ({f['pixels']:,} px): spurious changes {f['spurious']:,}, suppressed "
+              f"{pct(f['spurious_suppressed'], f['spurious'])}; real changes {f['real']:,}, seen by the classification "
+              f"{f['real_seen']:,}, kept {pct(f['real_kept'], f['real_seen'])}")
+        print(f"demo:   {pu_id} per direction (prior -> blended class): pixels, real (kept), spurious (suppressed)")
+        for d in f["directions"][:12]:
+            print(f"demo:     {d['from']:>2} -> {d['to']:<2} {d['pixels']:>7,} px  real {d['real']:>6,} "
+                  f"({pct(d['real_kept'], d['real'])} kept)  spurious {d['spurious']:>6,} "
+                  f"({pct(d['spurious_suppressed'], d['spurious'])} suppressed)")
+        if len(f["directions"]) > 12:
+            rest = f["directions"][12:]
+            print(f"demo:     {len(rest)} more directions, {sum(d['pixels'] for d in rest):,} px")
+        r = f["recoding"]
+        print(f"demo:   {pu_id} recoding ({r.get('rules_file') or 'no rules'}): "
+              + ", ".join(f"{name} {n:,} px" for name, n in (r.get("rules") or {}).items())
+              + f"; of the {f['recoded']:,} px recoded, {pct(f['recoded_correct'], f['recoded'])} now correct "
+                f"(before: {pct(f['recoded_correct_before'], f['recoded'])})")
+        n = f["accuracy_pixels"]
+        print(f"demo:   {pu_id} RAS overall accuracy ({n:,} px): after blending {pct(f['correct_blended'], n)}, after "
+              f"calibration {pct(f['correct_calibrated'], n)}, after recoding {pct(f['correct_recoded'], n)}")
+    t = figures["total"]
+    suppressed, kept = t["spurious_suppressed"] / max(t["spurious"], 1), t["real_kept"] / max(t["real_seen"], 1)
+    right = t["recoded_correct"] / max(t["recoded"], 1)
+    never_lower = t["correct_blended"] <= t["correct_calibrated"] <= t["correct_recoded"]
+    print(f"demo: calibration targets: spurious changes suppressed {100 * suppressed:.1f} % (>= 80 %: "
+          f"{'OK' if suppressed >= 0.8 else 'MISSED'}), real changes kept {100 * kept:.1f} % (>= 90 %: "
+          f"{'OK' if kept >= 0.9 else 'MISSED'})")
+    print(f"demo: accuracy never lowered (blended {pct(t['correct_blended'], t['accuracy_pixels'])} <= calibrated "
+          f"{pct(t['correct_calibrated'], t['accuracy_pixels'])} <= recoded {pct(t['correct_recoded'], t['accuracy_pixels'])}): "
+          f"{'OK' if never_lower else 'MISSED'}; recoded pixels now correct {100 * right:.1f} % (>= 95 %: "
+          f"{'OK' if right >= 0.95 else 'MISSED'})")
+
+
+def _demo_products(config, year: int, units: list[str], truth_url: str, store, detailed: bool = True) -> None:
     """The PU layers part of the demo: late neighbours picked up by re-running blend and layers,
     then each PU's RAS against the truth and the seam between the PUs."""
     from clcplus_ops import demo
-    from clcplus_ops.pipeline import BLEND, LAYERS
+    from clcplus_ops.pipeline import BLEND, PU_BLEND
     from clcplus_ops.runner import run_stage, stage_record
     from clcplus_ops.stage import Target
 
@@ -397,10 +481,16 @@ def _demo_products(config, year: int, units: list[str], truth_url: str, store) -
         missing = stage_record(config, BLEND, target, store).details["missing_neighbours"]
         if missing:
             print(f"demo: {pu_id} blended without {', '.join(missing)} (no mosaic yet when its wait ended); "
-                  f"re-running its blend and layers: `clcplus run blend {pu_id} {year} --layout demo`")
-            run_stage(BLEND, config, target, store=store)
-            run_stage(LAYERS, config, target, store=store)
+                  f"re-running its blend and what follows: `clcplus run blend {pu_id} {year} --layout demo`, then "
+                  f"calibrate, recode, layers")
+            for stage in PU_BLEND:
+                run_stage(stage, config, target, store=store)
     figures = demo.pu_products(config, year, units, truth_url, store)
+    if not detailed:
+        for pu_id, f in figures["pus"].items():
+            print(f"demo: {pu_id} {year} RAS over its own area: overall accuracy {100 * f['ras'].overall_accuracy:.2f} % "
+                  f"({f['pixels']:,} px); {f['pixels_blended']:,} px blended")
+        return
     names = config.codes.classes
     for pu_id, f in figures["pus"].items():
         ras, filtered = f["ras"], f["filtered"]
@@ -505,6 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     shistory.add_argument("sample_id")
     shistory.set_defaults(func=cmd_samples_history)
 
+    previous = sub.add_parser("previous", help="previous productions for the interannual calibration").add_subparsers(
+        dest="action", required=True)
+    pimport = previous.add_parser("import", help="import an external production (11-band probability GeoTIFF on any "
+                                                 "grid) as a PU's production of a reference year")
+    pimport.add_argument("file", help="path or store URL of the GeoTIFF (band i = class i; floats 0-1 or integers "
+                                      "scaled to 100, 255 or 10000)")
+    pimport.add_argument("pu_id")
+    pimport.add_argument("year", help="the production's reference year")
+    pimport.add_argument("--layout", default="production", choices=("production", "demo"))
+    pimport.add_argument("--force", action="store_true")
+    pimport.set_defaults(func=cmd_previous_import)
+
     train = sub.add_parser("train", help="one training stage of a PU (as the training DAG runs them)")
     train.add_argument("stage", choices=TRAINING_STAGES)
     train.add_argument("pu_id")
@@ -529,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")
     demo.add_argument("--repo", default=".", help="repository root holding dags/ and plugins/")
     demo.add_argument("--year", type=int, default=2025)
+    demo.add_argument("--previous-year", type=int, help="the reference year produced first and calibrated against "
+                                                        "(default: the one before --year)")
     demo.add_argument("--fresh", action="store_true", help="start over (the synthetic world and the registered models are kept and reused)")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -277,25 +277,73 @@ class LayersConfig(Section):
     max_observations: int = Field(200, ge=1, le=65534)
 
 
-class CalibrationConfig(Section):
-    """Interannual calibration against the 2018/2021 probabilities (ATBD 3.1.6 c)."""
+class DirectionThreshold(Section):
+    """A percentile for the change directions from any of ``from_classes`` to any of
+    ``to_classes`` (a class to itself is no change and is ignored)."""
 
-    standard_percentile: Percent = 90.0
-    # Change-direction thresholds (percentiles) overriding the standard one, "from->to".
-    unreasonable_percentile: Percent = 99.0
-    likely_percentile: Percent = 75.0
-    unreasonable_changes: tuple[tuple[int, int], ...] = ((2, 3), (2, 4), (3, 2), (4, 2))
-    likely_changes: tuple[tuple[int, int], ...] = tuple(
-        (src, dst) for src in range(2, 8) for dst in (1, 9)
-    )
+    from_classes: tuple[int, ...] = Field(min_length=1)
+    to_classes: tuple[int, ...] = Field(min_length=1)
+    percentile: Percent
+    reason: str = ""
 
-    @field_validator("unreasonable_changes", "likely_changes")
+    @field_validator("from_classes", "to_classes")
     @classmethod
-    def _class_pairs(cls, pairs: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-        bad = [p for p in pairs if not (1 <= p[0] <= 11 and 1 <= p[1] <= 11 and p[0] != p[1])]
+    def _classes(cls, classes: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [c for c in classes if not 1 <= c <= 11]
         if bad:
-            raise ValueError(f"change directions are pairs of distinct classes 1..11, got {bad}")
-        return pairs
+            raise ValueError(f"classes are 1..11, got {bad}")
+        return classes
+
+
+class CalibrationConfig(Section):
+    """Interannual calibration against the previous productions (ATBD 3.1.6 c).
+
+    Reading of the ATBD's percentile rule: a change direction is a pair (prior class, current
+    class) of distinct classes (110 of them). Its threshold is the ``percentile``-th percentile
+    (nearest rank, on M in steps of 1e-4) of the change magnitude M over the PU's pixels that
+    change in that direction; a change is kept where its M reaches the threshold, elsewhere the
+    prior class stays. So the standard 90th percentile keeps the strongest tenth of each
+    direction's changes: between two productions of ~90 % accuracy most class changes are
+    classification noise (two such maps disagree on 10-15 % of the land, real change is a few
+    tenths of a percent per two years), and only a direction where real change is common gets a
+    lower percentile.
+    """
+
+    # How many of the reference years before the current one are its previous productions
+    # (ATBD: 2018 and 2021 for 2023). Their combined prior: folding from the oldest, a year's
+    # probabilities are kept while the next year has the same class, else the next year's.
+    previous_productions: int = Field(2, ge=0, le=10)
+    percentile: Percent = 90.0
+    # Direction-specific percentiles; a later entry overrides an earlier one. Where real change
+    # is common it can be most of a direction's changes, so "lower" must sit low in the
+    # direction's distribution: the 5th percentile drops only its weakest twentieth. Water (10)
+    # is added to the ATBD's examples (1, 9): reservoirs, flooded gravel pits, restored wetlands.
+    directions: tuple[DirectionThreshold, ...] = (
+        DirectionThreshold(from_classes=(2, 3, 4), to_classes=(2, 3, 4), percentile=99.0,
+                           reason="changes between tree leaf types are unreasonable"),
+        DirectionThreshold(from_classes=(2, 3, 4, 5, 6, 7), to_classes=(1, 9, 10), percentile=5.0,
+                           reason="land conversion: construction, clear-cuts, reservoirs"),
+    )
+    # QC layer calibrate/change_magnitude.tif: M scaled to 0-100 (100 = sqrt 2), 255 no data.
+    change_magnitude_layer: bool = True
+
+    def percentiles(self, classes) -> dict[tuple[int, int], float]:
+        """The percentile of every change direction between ``classes``."""
+        out = {(a, b): self.percentile for a in classes for b in classes if a != b}
+        for rule in self.directions:
+            for a in rule.from_classes:
+                for b in rule.to_classes:
+                    if a != b and (a, b) in out:
+                        out[(a, b)] = rule.percentile
+        return out
+
+
+class RecodingConfig(Section):
+    """Rule-based recoding with external data after the calibration (ATBD 3.1.6 d, 3.4)."""
+
+    # The ordered rules file (YAML; clcplus_ops/postprocessing/recoding.py): a path or a store
+    # URL, "{year}" replaced by the reference year. None: no recoding (RASPL all 0).
+    rules: str | None = None
 
 
 CLASS_NAMES: dict[int, str] = {
@@ -486,6 +534,7 @@ class Config(Section):
     blending: BlendingConfig = BlendingConfig()
     layers: LayersConfig = LayersConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    recoding: RecodingConfig = RecodingConfig()
     codes: CodesConfig = CodesConfig()
     products: ProductsConfig = ProductsConfig()
     training: TrainingConfig = TrainingConfig()

@@ -16,10 +16,8 @@ import numpy as np
 import rasterio
 
 from clcplus_ops.classification import probabilities as probs_io
-from clcplus_ops.classification.classify import select_model
 from clcplus_ops.config import Config
 from clcplus_ops.locations import Locations, check_tile
-from clcplus_ops.model.registry import ModelNotFoundError
 from clcplus_ops.raster_io import gdal_env, gdal_path
 from clcplus_ops.runner import run_stage, store_for
 from clcplus_ops.stage import Target
@@ -29,25 +27,34 @@ log = logging.getLogger(__name__)
 LAYOUT = "demo"
 
 
-def ensure_models(config: Config, reference_year: int, pu_ids: Sequence[str], samples_csv_url: str,
+def ensure_models(config: Config, reference_year: int, pu_ids: Sequence[str], samples_csv_urls: Sequence[str],
                   store: Store | None = None) -> list[dict]:
-    """The registered model of each PU; PUs without one get one trained on the samples of
-    ``samples_csv_url`` (imported into the sample DB first; a re-import changes nothing)."""
+    """Each PU's model of ``reference_year`` (registered with that reference year on its card),
+    trained when there is none, as each production trains its own: on the samples of
+    ``samples_csv_urls`` (imported into the sample DB first; a re-import changes nothing) with
+    that year's time series."""
+    from clcplus_ops.model import registry
     from clcplus_ops.model.sample_db import import_samples
     from clcplus_ops.model.stages import EVALUATE, EXTRACT, FINAL_FIT, REGISTER
 
     config = config.for_layout(LAYOUT)  # what the demo training DAG's tasks run with
     store = store or store_for(config)
+    models_root = Locations(config).models
     results = []
     for pu_id in pu_ids:
-        try:
-            chosen = select_model(config, pu_id, store=store)
-            results.append({"pu_id": pu_id, "version": chosen["version"], "trained": False,
-                            "overall_accuracy": chosen["hold_out_overall_accuracy"]})
+        found = None
+        for version in reversed(registry.list_versions(store, models_root, pu_id)):
+            model = registry.resolve_model(store, models_root, pu_id, version)
+            if model.card.get("reference_year") == reference_year:
+                found = model
+                break
+        if found is not None:
+            results.append({"pu_id": pu_id, "version": found.version, "trained": False,
+                            "overall_accuracy": found.card.get("metrics", {}).get("overall_accuracy")})
             continue
-        except ModelNotFoundError:
-            log.info("%s: no registered model; training one on %s", pu_id, samples_csv_url)
-        import_samples(store, Locations(config).sample_db, samples_csv_url, author="demo")
+        log.info("%s: no registered model of %d; training one", pu_id, reference_year)
+        for url in samples_csv_urls:
+            import_samples(store, Locations(config).sample_db, url, author="demo")
         target = Target(LAYOUT, reference_year, pu_id)
         run_stage(EXTRACT, config, target, store=store)
         evaluated = run_stage(EVALUATE, config, target, store=store)
@@ -234,3 +241,85 @@ def seam_rates(west, east, classes: np.ndarray, inside_px: int = 100, width_px: 
         result[name] = {"across": a, "inside": i, "beside": b, "spurious_across": a_spurious,
                         "spurious_inside": i_spurious, "spurious_beside": b_spurious}
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration and recoding against the synthetic truth of two reference years
+
+
+def calibration_figures(config: Config, reference_year: int, previous_year: int, pu_ids: Sequence[str],
+                        truth_urls: dict[int, str], store: Store | None = None) -> dict:
+    """Per PU over its own land area, against the truth of both years:
+
+    * *spurious changes*: the true class did not change but the blended class differs from the
+      previous production's; the share the calibration suppressed;
+    * *real changes* the classification saw: the true class changed and so did the map's; the
+      share the calibration kept (a real change the blended map missed is not the calibration's
+      to keep; it is counted apart);
+    * per change direction (prior class -> blended class): pixels, real, spurious, kept;
+    * overall accuracy of RAS's class after blending, after calibration and after recoding;
+    * the recoded pixels (final class != calibrated class) and the share now correct."""
+    from clcplus_ops.geo.layout import load_layout
+    from clcplus_ops.geo.masks import inside
+    from clcplus_ops.pipeline import BLEND, CALIBRATE, LAYERS, RECODE
+    from clcplus_ops.postprocessing import calibration as cal
+    from clcplus_ops.runner import stage_record
+
+    config = config.for_layout(LAYOUT)
+    store = store or store_for(config)
+    locations = Locations(config)
+    units = load_layout(config.layout_path(LAYOUT))
+    classes = np.array(sorted(config.codes.classes))
+    n = len(classes)
+    out: dict = {"pus": {}}
+    for pu_id in pu_ids:
+        target, before = Target(LAYOUT, reference_year, pu_id), Target(LAYOUT, previous_year, pu_id)
+
+        def read(stage, name, t=target):
+            record = stage_record(config, stage, t, store)
+            return _layer(store, locations.resolve(record.outputs[name]))
+
+        (ras, grid), (blended, _) = read(LAYERS, "ras"), read(BLEND, "probabilities")
+        calibrated, _ = read(CALIBRATE, "probabilities")
+        decisions, _ = read(CALIBRATE, "decisions")
+        final, _ = read(RECODE, "classes")
+        previous, previous_grid = read(BLEND, "probabilities", before)
+        if previous_grid != grid:
+            raise ValueError(f"{pu_id}: the {previous_year} production is on another grid")
+        now, then = _truth_on(truth_urls[reference_year], grid, store), _truth_on(truth_urls[previous_year], grid, store)
+        own = inside(units[pu_id].geometry_in(units[pu_id].crs), grid) & np.isin(ras[0], classes)
+        blend_cls, cal_cls = cal.top_class(blended, classes), cal.top_class(calibrated, classes)
+        prior_cls, final_cls, decision = cal.top_class(previous, classes), final[0], decisions[0]
+        judged = own & np.isin(now, classes) & np.isin(then, classes) & (blend_cls > 0) & (prior_cls > 0)
+        real = judged & (now != then)
+        map_changed = judged & (prior_cls != blend_cls)
+        spurious, seen = map_changed & ~real, map_changed & real
+        kept, suppressed = decision == cal.KEPT, decision == cal.SUPPRESSED
+        directions = []
+        index = np.where(map_changed, (prior_cls.astype(np.int64) - 1) * n + blend_cls - 1, -1)
+        for d in np.unique(index[index >= 0]):
+            at = index == d
+            directions.append({"from": int(d // n + 1), "to": int(d % n + 1), "pixels": int(at.sum()),
+                               "real": int((at & real).sum()), "real_kept": int((at & real & kept).sum()),
+                               "spurious": int((at & ~real).sum()),
+                               "spurious_suppressed": int((at & ~real & suppressed).sum())})
+        accurate = own & np.isin(now, classes) & (final_cls > 0) & (blend_cls > 0)
+        recoded = accurate & (final_cls != cal_cls)
+        out["pus"][pu_id] = {
+            "pixels": int(judged.sum()), "real": int(real.sum()), "real_seen": int(seen.sum()),
+            "real_kept": int((seen & kept).sum()), "spurious": int(spurious.sum()),
+            "spurious_suppressed": int((spurious & suppressed).sum()),
+            "directions": sorted(directions, key=lambda d: -d["pixels"]),
+            "accuracy_pixels": int(accurate.sum()),
+            "correct_blended": int((blend_cls == now)[accurate].sum()),
+            "correct_calibrated": int((cal_cls == now)[accurate].sum()),
+            "correct_recoded": int((final_cls == now)[accurate].sum()),
+            "recoded": int(recoded.sum()), "recoded_correct": int((final_cls == now)[recoded].sum()),
+            "recoded_correct_before": int((cal_cls == now)[recoded].sum()),
+            "calibration": stage_record(config, CALIBRATE, target, store).details,
+            "recoding": stage_record(config, RECODE, target, store).details,
+        }
+    keys = ("pixels", "real", "real_seen", "real_kept", "spurious", "spurious_suppressed", "accuracy_pixels",
+            "correct_blended", "correct_calibrated", "correct_recoded", "recoded", "recoded_correct")
+    out["total"] = {k: sum(f[k] for f in out["pus"].values()) for k in keys}
+    return out

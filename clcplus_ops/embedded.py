@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from clcplus_ops.locations import static_catalog_template
+from clcplus_ops.locations import static_catalog_template, synthetic_rules_template
 
 
 def airflow_env(home: Path, repo: Path, config_path: Path) -> dict[str, str]:
@@ -33,13 +33,15 @@ def airflow_env(home: Path, repo: Path, config_path: Path) -> dict[str, str]:
 
 def write_embedded_config(home: Path, path: Path, overrides: dict | None = None) -> Path:
     """A configuration whose store roots are ``file://`` folders under ``home``, with the
-    synthetic Sentinel-2 world (one static STAC catalogue per reference year) as scene source."""
+    synthetic Sentinel-2 world (one static STAC catalogue per reference year) as scene source and
+    its recoding rules (OSM, LPIS and expert AOIs written with each year's world)."""
     store = home.resolve() / "store"
     synthetic = (store / "synthetic").as_uri()
     data = {
         "store": {name: (store / name).as_uri() for name in ("work", "models", "samples", "products")},
         "synthetic": {"root": synthetic},
         "sentinel2": {"static_catalog": static_catalog_template(synthetic)},
+        "recoding": {"rules": synthetic_rules_template(synthetic)},
     }
     for key, value in (overrides or {}).items():
         data.setdefault(key, {}).update(value)

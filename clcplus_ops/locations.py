@@ -215,6 +215,11 @@ def static_catalog_template(synthetic_root: str) -> str:
     return join(synthetic_root, "{year}", "catalog.json")
 
 
+def synthetic_rules_template(synthetic_root: str) -> str:
+    """The ``recoding.rules`` value that reads a synthetic world's recoding rules (``{year}`` stays)."""
+    return join(synthetic_root, "{year}", "recoding", "rules.yaml")
+
+
 class Locations:
     """The artefact locations of one configuration."""
 

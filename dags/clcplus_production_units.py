@@ -5,8 +5,9 @@ production layout (138 PUs by default) and the demo layout. Each DAG plans the P
 tile (the map index shows the tile id) made of the declared tile stages
 (:data:`clcplus_ops.pipeline.TILE_STAGES`, in order), then joins and runs the PU's stages on the
 product grid (:data:`clcplus_ops.pipeline.PU_JOIN`: join, mosaic), waits for the neighbouring PUs'
-mosaics without a worker slot (``wait_for_neighbours``, :mod:`clcplus_airflow.neighbours`) and
-blends and makes the layers (:data:`clcplus_ops.pipeline.PU_BLEND`); ``select_model`` fixes the
+mosaics without a worker slot (``wait_for_neighbours``, :mod:`clcplus_airflow.neighbours`), then
+blends, calibrates against the previous productions, recodes with the rules and makes the layers
+(:data:`clcplus_ops.pipeline.PU_BLEND`); ``select_model`` fixes the
 model every tile of the run is classified with. Tasks only run stages
 (:mod:`clcplus_airflow.tasks`); only ids and small summaries cross XCom.
 """

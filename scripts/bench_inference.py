@@ -90,7 +90,7 @@ def prepare(home: Path, tiles: int):
     config_path = write_embedded_config(home, home / "config.yaml")
     config = load_config(config_path)
     world = build_world(config, YEAR)
-    (chosen,) = demo.ensure_models(config, YEAR, [PU], world["samples_csv_url"])
+    (chosen,) = demo.ensure_models(config, YEAR, [PU], [world["samples_csv_url"]])
     dconfig = config.for_layout("demo")
     store = store_for(dconfig)
     _, model = load_model(dconfig, PU, YEAR, chosen["version"], store)

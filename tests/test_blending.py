@@ -20,7 +20,7 @@ from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.config import parse_config
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.locations import Locations
-from clcplus_ops.pipeline import BLEND, DEFINE_TILE, JOIN_TILES, LAYERS, MOSAIC, PLAN_TILES
+from clcplus_ops.pipeline import BLEND, CALIBRATE, DEFINE_TILE, JOIN_TILES, LAYERS, MOSAIC, PLAN_TILES, RECODE
 from clcplus_ops.postprocessing import blending
 from clcplus_ops.runner import run_stage, stage_record
 from clcplus_ops.stage import StageIO, Target
@@ -194,7 +194,8 @@ def blended(three_pus) -> dict:
     _mosaic(config, "C")
     for pu in SQUARES:
         run_stage(BLEND, config, Target("demo", YEAR, pu))
-        run_stage(LAYERS, config, Target("demo", YEAR, pu))
+        for stage in (CALIBRATE, RECODE, LAYERS):  # no previous production, no rules: pass-through
+            run_stage(stage, config, Target("demo", YEAR, pu))
     return three_pus
 
 

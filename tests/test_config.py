@@ -22,7 +22,11 @@ def test_defaults_are_the_atbd_values():
     assert (c.grid.tile_size_m, c.grid.pu_buffer_m, c.grid.pixel_size_m) == (25_000, 10_000, 10)
     assert (c.bilateral.win_size, c.bilateral.sigma_spatial, c.bilateral.sigma_color) == (4, 0.8, 0.25)
     assert c.grid.pu_buffer_m == 10_000 and c.blending.distance_cell_m == 100
-    assert c.calibration.standard_percentile == 90
+    assert c.calibration.percentile == 90 and c.calibration.previous_productions == 2
+    percentiles = c.calibration.percentiles(range(1, 12))
+    assert len(percentiles) == 110 and percentiles[(6, 7)] == 90
+    assert percentiles[(2, 3)] == percentiles[(4, 2)] == 99 and percentiles[(7, 1)] == percentiles[(2, 9)] == 5
+    assert percentiles[(6, 10)] == 5 and percentiles[(10, 6)] == 90
     assert sorted(c.codes.classes) == list(range(1, 12))
     assert (c.codes.coastal_seawater, c.codes.outside, c.codes.nodata) == (253, 254, 255)
     assert c.codes.data_score_outside == 65535

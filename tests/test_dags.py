@@ -68,7 +68,7 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     stages = [f"tile.{stage.name}" for stage in TILE_STAGES]  # the group is made from the declared stages
     assert stages == ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
     assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles", "mosaic", "wait_for_neighbours",
-                                 "blend", "layers"}
+                                 "blend", "calibrate", "recode", "layers"}
     for upstream, downstream in zip(stages, stages[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
     for task_id in stages:
@@ -79,7 +79,7 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     assert dag.get_task("tile.ingest").pool == config.airflow.default_pool
     assert "tile.filter" in dag.get_task("join_tiles").upstream_task_ids
     # then the PU's stages, in order, with the wait for the neighbours' mosaics before the blend
-    pu_stages = ["join_tiles", "mosaic", "wait_for_neighbours", "blend", "layers"]
+    pu_stages = ["join_tiles", "mosaic", "wait_for_neighbours", "blend", "calibrate", "recode", "layers"]
     for upstream, downstream in zip(pu_stages, pu_stages[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.get_task("wait_for_neighbours").pool == config.airflow.default_pool

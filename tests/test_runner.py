@@ -728,6 +728,8 @@ def test_cli_escaping_pu_id_is_one_line_and_writes_nothing(tmp_path: Path) -> No
         (("run", "filter", "DEMO1", "2025"), ("runs for a tile",)),
         (("models", "show", "../DEMO1"), ("'../DEMO1' is not in the",)),
         (("models", "show", "DEMO1", "--version", "../v0001"), ("is not like v0001",)),
+        (("previous", "import", "nowhere.tif", "DEMO1", "2021"), ("nowhere.tif cannot be read as a raster",)),
+        (("previous", "import", "nowhere.tif", "DEMO1", "1700"), ("1700", "supported range")),
     ],
 )
 def test_cli_bad_ids_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: tuple[str, ...], words) -> None:

@@ -4,6 +4,8 @@ ground truth, per-pixel clear-observation counts and labelled samples that make 
 checks of the production chain possible. See ``CLASS_MODELS.md`` and ``world.build_world``.
 """
 
-from clcplus_ops.synthetic.world import build_world, resolve_area, world_url
+from clcplus_ops.synthetic.changes import landscape_for_year
+from clcplus_ops.synthetic.recoding_sources import recoding_urls
+from clcplus_ops.synthetic.world import build_world, changes_url, resolve_area, world_url
 
-__all__ = ["build_world", "resolve_area", "world_url"]
+__all__ = ["build_world", "changes_url", "landscape_for_year", "recoding_urls", "resolve_area", "world_url"]

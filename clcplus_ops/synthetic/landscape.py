@@ -75,6 +75,9 @@ class Landscape:
     elevation: np.ndarray  # (H, W) float32, 0..1 (land quantile; sea 0)
     land: np.ndarray  # (H, W) bool
     parcel_spacing_m: float
+    # Road centrelines in internal-grid pixel coordinates (x = column, y = row) with their half
+    # width in pixels; road number i is unit ``n_parcels + i`` where it is drawn.
+    road_lines: tuple[tuple[LineString, float], ...] = ()
 
     @property
     def n_units(self) -> int:
@@ -98,10 +101,10 @@ def build_landscape(grid: WorldGrid, seed: int) -> Landscape:
     spacing = float(np.clip(math.sqrt(world_area / 250.0), PARCEL_M_MIN, PARCEL_M_MAX))
     parcel, n_parcels = _parcels(rng, shape, spacing / PIXEL_M)
 
-    roads = _lines(rng, shape, count=max(1, round(sum(shape) * PIXEL_M / 6_000)), step=5.0,
-                   turn_sd=0.05, half_width=(0.55, 1.05))
-    rivers = _lines(rng, shape, count=max(1, round(sum(shape) * PIXEL_M / 15_000)), step=4.0,
-                    turn_sd=0.2, half_width=(1.2, 2.0))
+    roads, road_lines = _lines(rng, shape, count=max(1, round(sum(shape) * PIXEL_M / 6_000)), step=5.0,
+                               turn_sd=0.05, half_width=(0.55, 1.05))
+    rivers, _ = _lines(rng, shape, count=max(1, round(sum(shape) * PIXEL_M / 15_000)), step=4.0,
+                       turn_sd=0.2, half_width=(1.2, 2.0))
     river_px = (rivers > 0) & land
     road_px = (roads > 0) & land & ~river_px
 
@@ -127,7 +130,7 @@ def build_landscape(grid: WorldGrid, seed: int) -> Landscape:
     ])
     classes = unit_class[unit]
     elevation[~land] = 0.0
-    return Landscape(grid, classes, unit, unit_class, unit_kind, elevation, land, spacing)
+    return Landscape(grid, classes, unit, unit_class, unit_kind, elevation, land, spacing, tuple(road_lines))
 
 
 # ---------------------------------------------------------------------------------- land
@@ -206,10 +209,11 @@ def _parcels(rng: np.random.Generator, shape: tuple[int, int], spacing_px: float
 
 
 def _lines(rng: np.random.Generator, shape: tuple[int, int], count: int, step: float, turn_sd: float,
-           half_width: tuple[float, float]) -> np.ndarray:
-    """``count`` wandering lines across the grid, each rasterised with its number (1..count)."""
+           half_width: tuple[float, float]) -> tuple[np.ndarray, list[tuple[LineString, float]]]:
+    """``count`` wandering lines across the grid, each rasterised with its number (1..count);
+    and the centrelines with their half widths (pixels)."""
     h, w = shape
-    shapes = []
+    shapes, lines = [], []
     for number in range(1, count + 1):
         side, t = int(rng.integers(4)), rng.random()
         start = [(0.0, t * w), (h, t * w), (t * h, 0.0), (t * h, w)][side]
@@ -224,8 +228,11 @@ def _lines(rng: np.random.Generator, shape: tuple[int, int], count: int, step: f
             if not (-2 * step <= r <= h + 2 * step and -2 * step <= c <= w + 2 * step):
                 break
         width = rng.uniform(*half_width)
-        shapes.append((LineString(points).buffer(width, cap_style="flat"), number))
-    return features.rasterize(shapes, out_shape=shape, transform=Affine.identity(), fill=0, dtype="int32")
+        line = LineString(points)
+        shapes.append((line.buffer(width, cap_style="flat"), number))
+        lines.append((line, float(width)))
+    raster = features.rasterize(shapes, out_shape=shape, transform=Affine.identity(), fill=0, dtype="int32")
+    return raster, lines
 
 
 def _assign_classes(rng: np.random.Generator, parcel: np.ndarray, n_parcels: int, elevation: np.ndarray,
@@ -280,3 +287,64 @@ def _repair(choice: np.ndarray, score: np.ndarray, area: np.ndarray, total: floa
         gain = np.where(donor_ok, score[:, c] - score[np.arange(len(choice)), choice], -np.inf)
         choice[int(np.argmax(gain))] = c
     return choice
+
+
+# ------------------------------------------------------------------------- unit statistics
+
+
+@dataclass
+class UnitStats:
+    """Per unit, over the internal grid: pixels inside the world window and in all, centroid
+    (row, column, pixel indices) and mean elevation."""
+
+    pixels_world: np.ndarray  # (U,) int64
+    pixels: np.ndarray  # (U,) int64
+    row: np.ndarray  # (U,) float64
+    col: np.ndarray  # (U,) float64
+    elevation: np.ndarray  # (U,) float64
+
+    @property
+    def inside(self) -> np.ndarray:
+        """Units lying wholly inside the world window."""
+        return (self.pixels > 0) & (self.pixels_world == self.pixels)
+
+
+def unit_stats(landscape: Landscape) -> UnitStats:
+    n = landscape.n_units
+    flat = landscape.unit.ravel()
+    pixels = np.bincount(flat, minlength=n)
+    pixels_world = np.bincount(landscape.world(landscape.unit).ravel(), minlength=n)
+    rows, cols = np.indices(landscape.unit.shape, dtype=np.float32)
+    div = np.maximum(pixels, 1)
+    return UnitStats(
+        pixels_world, pixels,
+        np.bincount(flat, weights=rows.ravel(), minlength=n) / div,
+        np.bincount(flat, weights=cols.ravel(), minlength=n) / div,
+        np.bincount(flat, weights=landscape.elevation.ravel(), minlength=n) / div,
+    )
+
+
+def unit_neighbours(landscape: Landscape) -> tuple[np.ndarray, np.ndarray]:
+    """Units sharing an edge of a pixel (4-neighbours), as CSR: the neighbours of unit ``u``
+    are ``indices[indptr[u]:indptr[u + 1]]`` (sorted)."""
+    n, unit = landscape.n_units, landscape.unit
+    a = np.concatenate([unit[:, :-1].ravel(), unit[:-1, :].ravel()])
+    b = np.concatenate([unit[:, 1:].ravel(), unit[1:, :].ravel()])
+    differ = a != b
+    a, b = a[differ].astype(np.int64), b[differ].astype(np.int64)
+    keys = np.unique(np.concatenate([a * n + b, b * n + a]))
+    src, dst = keys // n, keys % n
+    return np.searchsorted(src, np.arange(n + 1)), dst
+
+
+def unit_polygons(landscape: Landscape, units) -> dict[int, shapely.Geometry]:
+    """Per unit, its pixels inside the world window as (Multi)Polygons in the world CRS: exactly
+    the union of its 10 m pixels (4-connected pieces, so the parts only touch at corners)."""
+    unit = np.ascontiguousarray(landscape.world(landscape.unit))
+    wanted = np.zeros(landscape.n_units, bool)
+    wanted[np.asarray(list(units), np.int64)] = True
+    pieces: dict[int, list] = {}
+    transform = landscape.grid.world_grid(PIXEL_M).transform
+    for geometry, value in features.shapes(unit, mask=wanted[unit], transform=transform):
+        pieces.setdefault(int(value), []).append(shapely.geometry.shape(geometry))
+    return {u: p[0] if len(p) == 1 else shapely.MultiPolygon(p) for u, p in sorted(pieces.items())}

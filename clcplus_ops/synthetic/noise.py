@@ -11,6 +11,7 @@ import numpy as np
 
 # Stream names (the second element of every seed sequence).
 LANDSCAPE, SPECTRA, PHENOLOGY, ACQUISITION, CLOUDS, NOISE, SAMPLES = range(1, 8)
+CHANGES, PLANTED, RECODING = range(8, 11)
 
 
 def stream(seed: int, purpose: int, *key: int) -> np.random.Generator:

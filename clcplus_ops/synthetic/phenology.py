@@ -18,8 +18,12 @@ from clcplus_ops.synthetic.landscape import (
     BARE, CROPS, DECIDUOUS, EVERGREEN, GRASS, LICHENS, NEEDLE, RIVER, SEA, SEALED, SHRUBS, SNOW, WATER,
     Landscape,
 )
+from clcplus_ops.synthetic.planted import PlantedErrors, planted_errors
 
 YEAR_DAYS = 365.25
+# Crop types per parcel and crop year: winter cereal, summer crop, spring cereal, fallow ley
+# (the first draw of the stream (seed, PHENOLOGY, CROPS, year); the LPIS declarations use it).
+CROP_TYPE_P = (0.42, 0.38, 0.12, 0.08)
 
 
 def _doy(dates: list[dt.date]) -> np.ndarray:
@@ -44,8 +48,21 @@ def _per_year(seed: int, what: int, years: list[int], n: int, draw) -> dict[int,
     return {y: draw(noise.stream(seed, noise.PHENOLOGY, what, y), n) for y in years}
 
 
-def unit_states(landscape: Landscape, dates: list[dt.date], seed: int) -> np.ndarray:
-    """(U, n_dates) float32 ``g`` of every unit on every date."""
+def unit_states(landscape: Landscape, dates: list[dt.date], seed: int, base: Landscape | None = None,
+                planted: PlantedErrors | None = None) -> np.ndarray:
+    """(U, n_dates) float32 ``g`` of every unit on every date. ``base`` and ``planted`` as in
+    ``spectra.unit_states``: unchanged units keep the rows they have in the base landscape."""
+    base = landscape if base is None else base
+    if planted is None:
+        planted = planted_errors(base, seed)
+    g = _unit_states(base, dates, seed, planted)
+    changed = landscape.unit_class != base.unit_class
+    if changed.any():
+        g[changed] = _unit_states(landscape, dates, seed, None)[changed]
+    return g
+
+
+def _unit_states(landscape: Landscape, dates: list[dt.date], seed: int, planted: PlantedErrors | None) -> np.ndarray:
     n, nd = landscape.n_units, len(dates)
     cls, kind = landscape.unit_class, landscape.unit_kind
     doy = _doy(dates)
@@ -118,7 +135,7 @@ def unit_states(landscape: Landscape, dates: list[dt.date], seed: int) -> np.nda
 
     from clcplus_ops.synthetic.spectra import blend_atypical
 
-    return blend_atypical(g, landscape, seed).astype(np.float32)
+    return blend_atypical(g, landscape, seed, planted).astype(np.float32)
 
 
 def _mowing(seed: int, years: list[int], dates: list[dt.date], n: int) -> np.ndarray:
@@ -149,7 +166,7 @@ def _crop_curves(seed: int, units: np.ndarray, dates: list[dt.date], n: int) -> 
     for y in crop_years:
         rng = noise.stream(seed, noise.PHENOLOGY, CROPS, y)
         draws[y] = {
-            "type": rng.choice(4, size=n, p=[0.42, 0.38, 0.12, 0.08]),
+            "type": rng.choice(4, size=n, p=CROP_TYPE_P),
             "cover_crop": rng.random(n) < 0.3,
             "u": rng.random((n, 4)),
             "peak": rng.normal(0.0, 8.0, n),

@@ -21,6 +21,7 @@ from clcplus_ops.synthetic.landscape import (
     BARE, CROPS, DECIDUOUS, EVERGREEN, GRASS, LICHENS, NEEDLE, PARCEL, ROAD, SEA, SEALED, SHRUBS, SNOW,
     WATER, Landscape,
 )
+from clcplus_ops.synthetic.planted import PlantedErrors, blend_planted, planted_errors
 
 BAND_NAMES: tuple[str, ...] = tuple(BANDS)  # B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12
 N_BANDS = len(BAND_NAMES)
@@ -89,11 +90,15 @@ def atypical_units(landscape: Landscape, seed: int) -> tuple[np.ndarray, np.ndar
     return partner, np.where(partner > 0, weight, 0.0)
 
 
-def blend_atypical(values: np.ndarray, landscape: Landscape, seed: int) -> np.ndarray:
-    """(U, ...) per-unit values moved towards the mean of the units' partner classes."""
+def blend_atypical(values: np.ndarray, landscape: Landscape, seed: int,
+                   planted: PlantedErrors | None = None) -> np.ndarray:
+    """(U, ...) per-unit values moved towards the mean of the units' partner classes; planted
+    units instead towards their donor's own (unblended) values."""
     partner, weight = atypical_units(landscape, seed)
+    if planted is not None and planted.plants:
+        partner[planted.units] = 0
     if not partner.any():
-        return values
+        return blend_planted(values, planted)
     out = values.copy()
     cls, typical = landscape.unit_class, (partner == 0) & (landscape.unit_kind == PARCEL)
     for c in np.unique(partner[partner > 0]):
@@ -104,6 +109,8 @@ def blend_atypical(values: np.ndarray, landscape: Landscape, seed: int) -> np.nd
         m = partner == c
         w = weight[m].reshape((-1,) + (1,) * (values.ndim - 1)).astype(values.dtype)
         out[m] = (1 - w) * values[m] + w * mean
+    if planted is not None and planted.plants:
+        out[planted.units] = blend_planted(values, planted)[planted.units]
     return out
 
 
@@ -122,8 +129,26 @@ def _mix(weights: np.ndarray, *names: str) -> np.ndarray:
     return weights @ np.stack([_E[n] for n in names])
 
 
-def unit_states(landscape: Landscape, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(U, N_BANDS) states S0 and S1 of every unit, with per-unit fractions and brightness."""
+def unit_states(landscape: Landscape, seed: int, base: Landscape | None = None,
+                planted: PlantedErrors | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(U, N_BANDS) states S0 and S1 of every unit, with per-unit fractions and brightness.
+
+    ``base``: the landscape of the first reference year when ``landscape`` is a later one.
+    Draws are made per class, so a class assignment that differs would shift the draws of
+    unchanged units: their rows come from the base, only the changed units' rows from
+    ``landscape``. ``planted``: the planted errors of the base (computed when not given)."""
+    base = landscape if base is None else base
+    if planted is None:
+        planted = planted_errors(base, seed)
+    s0, s1 = _unit_states(base, seed, planted)
+    changed = landscape.unit_class != base.unit_class
+    if changed.any():
+        c0, c1 = _unit_states(landscape, seed, None)
+        s0[changed], s1[changed] = c0[changed], c1[changed]
+    return s0, s1
+
+
+def _unit_states(landscape: Landscape, seed: int, planted: PlantedErrors | None) -> tuple[np.ndarray, np.ndarray]:
     rng = noise.stream(seed, noise.SPECTRA)
     n = landscape.n_units
     cls, kind = landscape.unit_class, landscape.unit_kind
@@ -212,13 +237,15 @@ def unit_states(landscape: Landscape, seed: int) -> tuple[np.ndarray, np.ndarray
     brightness = rng.normal(1.0, 0.07, n).clip(0.8, 1.2).astype(np.float32)
     brightness[kind == SEA] = 1.0
     s0, s1 = s0 * brightness[:, None], s1 * brightness[:, None]
-    return blend_atypical(s0, landscape, seed), blend_atypical(s1, landscape, seed)
+    return blend_atypical(s0, landscape, seed, planted), blend_atypical(s1, landscape, seed, planted)
 
 
-def surface_model(landscape: Landscape, seed: int) -> SurfaceModel:
-    """Per-pixel S0 and D: unit states with a per-pixel brightness and contrast variation."""
+def surface_model(landscape: Landscape, seed: int, base: Landscape | None = None,
+                  planted: PlantedErrors | None = None) -> SurfaceModel:
+    """Per-pixel S0 and D: unit states with a per-pixel brightness and contrast variation
+    (``base``, ``planted``: as in :func:`unit_states`)."""
     rng = noise.stream(seed, noise.SPECTRA, 1)
-    s0_unit, s1_unit = unit_states(landscape, seed)
+    s0_unit, s1_unit = unit_states(landscape, seed, base, planted)
     shape = landscape.unit.shape
     texture = 0.035 * noise.value_noise(rng, shape, 4.0, octaves=2)
     texture += rng.normal(0.0, 0.02, shape).astype(np.float32)

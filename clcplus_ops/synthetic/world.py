@@ -8,8 +8,13 @@ Layout under ``{synthetic.root}/{year}/``::
     sentinel-2-c1-l2a/{item_id}/{asset}.tif      COGs at native resolution
     truth/ground_truth.tif                       uint8 classes 1..11, 10 m, world bounds
     truth/clear_count.tif                        uint16 clear observations per pixel, same grid
+    truth/changes.geojson                        parcels changed since the previous reference year
     samples/samples.geojson, samples/samples.csv labelled points
+    recoding/                                    recoding sources and rules (``recoding_sources``)
     world.json                                   written last: spec, fingerprint, items, counts
+
+The landscape is that of the first scheduled reference year with the change events of every
+scheduled year up to this one applied (``changes``).
 
 A pixel's observation on a date is *clear* if some granule of that date with
 ``eo:cloud_cover < sentinel2.max_cloud_cover_percent`` covers it and the SCL of its 20 m
@@ -18,6 +23,7 @@ pixel is neither 0 nor one of ``sentinel2.scl_masked_classes``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -31,29 +37,41 @@ import shapely
 from pyproj import Transformer
 
 import clcplus_ops
+from clcplus_ops.calendar import scheduled_years
 from clcplus_ops.config import CLASS_NAMES, Config
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.sentinel2.bands import BANDS, SCL_ASSET_KEY, reflectance_offset
 from clcplus_ops.locations import WorldPlace, synthetic_world
 from clcplus_ops.store import Store, fingerprint
-from clcplus_ops.synthetic import catalogue, clouds, noise, phenology, spectra
+from clcplus_ops.synthetic import catalogue, changes, clouds, noise, phenology, recoding_sources, spectra
 from clcplus_ops.synthetic.acquisitions import Acquisition, acquisitions, sun_position
 from clcplus_ops.synthetic.granules import Granule, granules_for
 from clcplus_ops.synthetic.grid import PIXEL_M, WorldGrid, default_area, snap_bounds
 from clcplus_ops.synthetic.landscape import build_landscape
+from clcplus_ops.synthetic.planted import planted_errors
 from clcplus_ops.synthetic.render import Renderer, Scene, finish_60m, mean2x2
 from clcplus_ops.synthetic.samples import draw_samples
 
 log = logging.getLogger("clcplus_ops.synthetic")
 
 # Bump when the generated world changes for the same configuration.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 VERSION = f"{clcplus_ops.__version__}+synthetic.{GENERATOR_VERSION}"
 STAGE = "synthetic_world"
 
 
 def world_url(config: Config, reference_year: int) -> str:
     return synthetic_world(config.synthetic.root, reference_year).base
+
+
+def changes_url(config: Config, reference_year: int) -> str:
+    """truth/changes.geojson: the parcels changed since the previous reference year."""
+    return synthetic_world(config.synthetic.root, reference_year).file("truth", "changes.geojson")
+
+
+def reference_years(config: Config, reference_year: int) -> list[int]:
+    """The scheduled reference years up to ``reference_year``: the first is the base landscape's."""
+    return list(itertools.takewhile(lambda y: y <= reference_year, scheduled_years(series=config.time_series)))
 
 
 def resolve_area(config: Config) -> WorldGrid:
@@ -82,6 +100,7 @@ def world_spec(config: Config, reference_year: int, grid: WorldGrid) -> dict[str
         "bounds": list(grid.bounds),
         "epsg": grid.epsg,
         "window": [start.isoformat(), end.isoformat()],
+        "reference_years": reference_years(config, reference_year),
         "scl_masked_classes": sorted(config.sentinel2.scl_masked_classes),
         "max_cloud_cover_percent": config.sentinel2.max_cloud_cover_percent,
         "storage": list(_storage(config.synthetic.root, config)),
@@ -110,6 +129,8 @@ def build_world(config: Config, reference_year: int, store: Store | None = None,
         "clear_count_url": place.clear_count,
         "samples_url": place.samples_geojson,
         "samples_csv_url": place.samples_csv,
+        "changes_url": changes_url(config, reference_year),
+        "recoding_rules_url": recoding_sources.recoding_urls(config, reference_year)["rules"],
         "world_url": place.world,
     }
     existing = _read_world(store, urls["world_url"])
@@ -172,11 +193,15 @@ class _Builder:
         if not acqs:
             raise ValueError(f"no acquisition in the window {start}..{end}")
         granules = granules_for(grid)
-        landscape = build_landscape(grid, self.seed)
+        base = build_landscape(grid, self.seed)
+        planted = planted_errors(base, self.seed)
+        years = reference_years(self.config, self.year)
+        landscape, events = changes.landscape_for_year(base, self.year, self.seed, years, planted)
         t = self._lap("landscape", t)
-        surface = spectra.surface_model(landscape, self.seed)
+        # Unchanged parcels keep their base parameters; changed ones look like their new class.
+        surface = spectra.surface_model(landscape, self.seed, base=base, planted=planted)
         dates = [a.date for a in acqs]
-        states = phenology.unit_states(landscape, dates, self.seed)
+        states = phenology.unit_states(landscape, dates, self.seed, base=base, planted=planted)
         snow_lines = phenology.snow_lines(dates, self.seed)
         elevation20 = mean2x2(landscape.elevation)
         land20 = mean2x2(landscape.land.astype(np.float32)) >= 0.5
@@ -246,6 +271,11 @@ class _Builder:
         self.store.write_json(self.urls["samples_url"], samples.to_geojson(self.year))
         self.store.write_text(self.urls["samples_csv_url"], samples.to_csv())
         t = self._lap("truth_and_samples", t)
+        self.store.write_json(self.urls["changes_url"], changes.changes_geojson(events, landscape, self.year))
+        change_record = changes.summary(events, landscape, self.year, years)
+        recoding = recoding_sources.write_recoding_sources(self.store, self.base, landscape, planted, self.year,
+                                                           self.seed, as_of=end)
+        t = self._lap("changes_and_recoding", t)
 
         bbox = self._lonlat_bbox(grid.bounds)
         boxes = [f["bbox"] for f in footprints.values()]
@@ -263,7 +293,10 @@ class _Builder:
         self._lap("catalogue", t)
 
         land = landscape.world(landscape.land)
-        return self._record(acqs, granules, items, truth, land, clear, samples, bbox)
+        world = self._record(acqs, granules, items, truth, land, clear, samples, bbox)
+        world["changes"] = change_record
+        world["recoding"] = recoding
+        return world
 
     # ------------------------------------------------------------------------ per item
 
@@ -397,6 +430,8 @@ class _Builder:
                 "clear_count": "truth/clear_count.tif",
                 "samples_geojson": "samples/samples.geojson",
                 "samples_csv": "samples/samples.csv",
+                "changes": "truth/changes.geojson",
+                "recoding_rules": f"{recoding_sources.FOLDER}/{recoding_sources.FILES['rules']}",
             },
             "granules": [
                 {"square": g.square_id, "bounds": list(g.bounds), "shape_10m": list(g.shape(10))} for g in granules
