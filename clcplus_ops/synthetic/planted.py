@@ -32,6 +32,7 @@ from clcplus_ops.synthetic.landscape import (
 SEALED_MISSED, GRASS_AS_ARABLE, EXPERT_AOI = "sealed_missed", "grassland_as_arable", "expert_aoi"
 WEIGHT = (0.9, 0.97)
 MIN_PIXELS = 8  # parcels smaller than this are not planted (sliver parcels at the world's edge)
+FOCUS_SHARE = 0.95  # a planted parcel lies (almost) wholly in the focus area
 # Shares of the candidate parcels planted, and caps (a few hectares each in the demo world).
 SEALED_SHARE, SEALED_MAX = 0.02, 10
 GRASS_SHARE, GRASS_MAX = 0.015, 10
@@ -68,11 +69,17 @@ class PlantedErrors:
         return [p for p in self.plants if p.kind == kind]
 
 
-def planted_errors(base: Landscape, seed: int) -> PlantedErrors:
+def planted_errors(base: Landscape, seed: int, focus: np.ndarray | None = None) -> PlantedErrors:
+    """The planted errors of a world; with ``focus`` (bool, the internal grid: the area that
+    is produced, e.g. the demo PUs' polygons), only parcels lying in it, so the product shows
+    them and their fixes."""
     rng = noise.stream(seed, noise.PLANTED)
     stats = unit_stats(base)
     cls, kind = base.unit_class, base.unit_kind
     eligible = (kind == PARCEL) & stats.inside & (stats.pixels >= MIN_PIXELS)
+    if focus is not None:
+        in_focus = np.bincount(base.unit[focus], minlength=base.n_units)
+        eligible &= in_focus >= FOCUS_SHARE * np.maximum(stats.pixels, 1)
     used = np.zeros(base.n_units, bool)
     plants: list[Plant] = []
 

@@ -55,7 +55,7 @@ from clcplus_ops.synthetic.samples import draw_samples
 log = logging.getLogger("clcplus_ops.synthetic")
 
 # Bump when the generated world changes for the same configuration.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 VERSION = f"{clcplus_ops.__version__}+synthetic.{GENERATOR_VERSION}"
 STAGE = "synthetic_world"
 
@@ -178,6 +178,20 @@ class _Builder:
         cx, cy = (grid.bounds[0] + grid.bounds[2]) / 2, (grid.bounds[1] + grid.bounds[3]) / 2
         self.centre_lonlat = to_lonlat.transform(cx, cy)
 
+    def _focus(self) -> np.ndarray | None:
+        """The demo PUs' own areas on the internal grid when the world is the demo layout's
+        (synthetic.bounds unset), so the planted errors lie where the demo delivers a product."""
+        if self.config.synthetic.bounds is not None:
+            return None
+        from rasterio import features
+
+        from clcplus_ops.geo.layout import load_layout
+
+        shapes = [u.geometry_in(self.grid.crs) for u in load_layout(self.config.layout_path("demo")).values()]
+        array = self.grid.array_grid(PIXEL_M)
+        return features.rasterize([(g, 1) for g in shapes], out_shape=array.shape, transform=array.transform,
+                                  fill=0, dtype="uint8").astype(bool)
+
     def _lap(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.timings[name] = round(self.timings.get(name, 0.0) + now - since, 3)
@@ -194,7 +208,7 @@ class _Builder:
             raise ValueError(f"no acquisition in the window {start}..{end}")
         granules = granules_for(grid)
         base = build_landscape(grid, self.seed)
-        planted = planted_errors(base, self.seed)
+        planted = planted_errors(base, self.seed, self._focus())
         years = reference_years(self.config, self.year)
         landscape, events = changes.landscape_for_year(base, self.year, self.seed, years, planted)
         t = self._lap("landscape", t)
