@@ -88,7 +88,7 @@ def change_events(base: Landscape, seed: int, years: list[int],
     events: list[ChangeEvent] = []
     for year in years[1:]:
         rng = noise.stream(seed, noise.CHANGES, year)
-        new = _interval(rng, year, unit_class, eligible, stats, neighbours, land_px)
+        new = _interval(rng, year, unit_class, eligible, stats, neighbours, land_px, planted.in_focus)
         for e in new:
             unit_class[e.unit] = e.to_class
             eligible[e.unit] = False  # a changed parcel stays as it became
@@ -106,7 +106,8 @@ def apply_events(base: Landscape, events: list[ChangeEvent]) -> Landscape:
 
 
 def _interval(rng: np.random.Generator, year: int, unit_class: np.ndarray, eligible: np.ndarray,
-              stats: UnitStats, neighbours: tuple[np.ndarray, np.ndarray], land_px: int) -> list[ChangeEvent]:
+              stats: UnitStats, neighbours: tuple[np.ndarray, np.ndarray], land_px: int,
+              focus: np.ndarray | None = None) -> list[ChangeEvent]:
     px = stats.pixels.astype(np.float64)
     taken = np.zeros(len(unit_class), bool)
     events: list[ChangeEvent] = []
@@ -121,7 +122,9 @@ def _interval(rng: np.random.Generator, year: int, unit_class: np.ndarray, eligi
     pool = np.flatnonzero(eligible & np.isin(unit_class, (GRASS, CROPS)))
     target = min(RESERVOIR_SHARE * land_px, RESERVOIR_MAX_HA * 1e4 / PIXEL_M**2)
     if pool.size:
-        low = pool[np.argsort(stats.elevation[pool], kind="stable")[:max(1, int(RESERVOIR_LOWEST * pool.size))]]
+        # It starts in the focus area (the produced area, e.g. the demo PUs) where there is one.
+        starts = pool[focus[pool]] if focus is not None and focus[pool].any() else pool
+        low = starts[np.argsort(stats.elevation[starts], kind="stable")[:max(1, int(RESERVOIR_LOWEST * starts.size))]]
         start = int(rng.choice(low))
         cluster, area, members = [start], px[start], set(pool.tolist())
         frontier: set[int] = set()

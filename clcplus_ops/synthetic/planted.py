@@ -60,6 +60,7 @@ class PlantedErrors:
     plants: list[Plant]
     review_area: shapely.Geometry | None  # world CRS: the grassland-as-arable region
     aois: dict[int, tuple[int, int, str, str]]  # group -> AOI_CONFUSIONS entry
+    in_focus: np.ndarray | None = None  # (U,) bool: the unit lies in the focus area (None: no focus)
 
     @property
     def units(self) -> np.ndarray:
@@ -77,9 +78,10 @@ def planted_errors(base: Landscape, seed: int, focus: np.ndarray | None = None) 
     stats = unit_stats(base)
     cls, kind = base.unit_class, base.unit_kind
     eligible = (kind == PARCEL) & stats.inside & (stats.pixels >= MIN_PIXELS)
+    in_focus = None
     if focus is not None:
-        in_focus = np.bincount(base.unit[focus], minlength=base.n_units)
-        eligible &= in_focus >= FOCUS_SHARE * np.maximum(stats.pixels, 1)
+        in_focus = np.bincount(base.unit[focus], minlength=base.n_units) >= FOCUS_SHARE * np.maximum(stats.pixels, 1)
+        eligible &= in_focus
     used = np.zeros(base.n_units, bool)
     plants: list[Plant] = []
 
@@ -134,7 +136,7 @@ def planted_errors(base: Landscape, seed: int, focus: np.ndarray | None = None) 
         number = len(aois) + 1
         aois[number] = confusion
         plant(EXPERT_AOI, group, true_class, looks_like, number)
-    return PlantedErrors(plants, review_area, aois)
+    return PlantedErrors(plants, review_area, aois, in_focus)
 
 
 def _farthest_pixel(base: Landscape, units: np.ndarray, cy: float, cx: float) -> np.ndarray:
