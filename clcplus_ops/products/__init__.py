@@ -1,0 +1,1 @@
+"""Delivered products: 100 km tiles of the four layers, their metadata and publishing."""

@@ -1,0 +1,84 @@
+"""Benchmark: writing one delivered 100 km layer (10,000 x 10,000 px RAS, LZW, 1024 px tiles,
+overviews, colour table) with clcplus_ops.products.cog against GDAL's own COG driver writing
+the same array with the same options from a plain in-memory dataset (no colour table), in the
+same run. Target (issue 14): at most 1.1 x.
+
+    .venv/bin/python scripts/bench_product_cog.py [--repeat 3]
+
+The array is a RAS-like map: parcels of 10-40 px with one of the 11 classes, outside (254) on a
+strip, coastal seawater (253) on another (LZW sees what it sees in a real tile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clcplus_ops.config import Config  # noqa: E402
+from clcplus_ops.geo.grid import Grid  # noqa: E402
+from clcplus_ops.products import cog  # noqa: E402
+
+SIDE = 10_000
+
+
+def ras_like(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(1, 12, (SIDE // 25 + 1, SIDE // 25 + 1)).astype(np.uint8)
+    ras = np.repeat(np.repeat(cells, 25, axis=0), 25, axis=1)[:SIDE, :SIDE]
+    noise = rng.random((SIDE, SIDE)) < 0.03  # salt and pepper of a real classification
+    ras[noise] = rng.integers(1, 12, int(noise.sum())).astype(np.uint8)
+    ras[:, :1500] = 254
+    ras[:800] = 253
+    return ras
+
+
+def gdal_baseline(path: Path, array: np.ndarray, grid: Grid) -> None:
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy
+
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint8",
+               "crs": grid.crs, "transform": grid.transform}
+    with MemoryFile() as memory:
+        with memory.open(**profile) as source:
+            source.write(array, 1)
+        with memory.open() as source:
+            copy(source, path, driver="COG", **cog.creation_options())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    grid = Grid.from_bounds(3035, (4_400_000.0, 3_600_000.0, 4_500_000.0, 3_700_000.0), 10.0)
+    array = ras_like()
+    spec = cog.layer_spec("ras", Config().codes)
+    times = {"gdal": [], "ours": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(args.repeat):
+            for name in ("gdal", "ours"):
+                path = Path(folder) / f"{name}_{i}.tif"
+                started = time.perf_counter()
+                if name == "gdal":
+                    gdal_baseline(path, array, grid)
+                else:
+                    cog.write_layer_cog(path, array, grid, spec)
+                times[name].append(time.perf_counter() - started)
+                size = path.stat().st_size
+        best = {k: min(v) for k, v in times.items()}
+        ratio = best["ours"] / best["gdal"]
+        print(f"100 km RAS tile {SIDE} x {SIDE} px, LZW, 1024 px tiles, overviews (best of {args.repeat}): "
+              f"GDAL COG driver {best['gdal']:.2f} s, ours (with the colour table) {best['ours']:.2f} s = "
+              f"{ratio:.2f} x ({'OK' if ratio <= 1.1 else 'MISSED'}: target <= 1.1); file {size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
