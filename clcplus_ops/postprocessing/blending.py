@@ -198,7 +198,7 @@ def _prepare(ctx) -> External:
                     value={"own": own.geometry_in(own.crs), "ready": ready, "missing": missing})
 
 
-def _read(dataset_grid: Grid, dataset, block: Grid, n_classes: int) -> np.ndarray:
+def read_encoded(dataset_grid: Grid, dataset, block: Grid, n_classes: int) -> np.ndarray:
     """``block`` of an encoded probability raster on ``dataset_grid`` (uint16, NODATA where the
     raster does not reach)."""
     out = np.full((n_classes, block.height, block.width), probs_io.NODATA, np.uint16)
@@ -248,7 +248,7 @@ def _compute(io: StageIO) -> dict:
             probs_io.describe(out, sorted(io.config.codes.classes), io.config.codes.classes)
             for _, _, block in blocks_with_progress(grid, io.params["block_px"], io.log, f"{io.target.pu_id} blend"):
                 own_area = inside(own_geometry, block)
-                encoded = _read(own_grid, own_ds, block, n_classes)
+                encoded = read_encoded(own_grid, own_ds, block, n_classes)
                 if own_area.any():
                     weights = [weight(interpolate(distances[io.target.pu_id], lattice, block), buffer_m)]
                     others = []
@@ -259,7 +259,7 @@ def _compute(io: StageIO) -> dict:
                             weights.append(w)
                     pixels["own"] += int(own_area.sum())
                     if others:
-                        stack_p = [_decoded(encoded)] + [_decoded(_read(grids[name], datasets[name], block, n_classes))
+                        stack_p = [_decoded(encoded)] + [_decoded(read_encoded(grids[name], datasets[name], block, n_classes))
                                                          for name in others]
                         blended, contributors = blend(stack_p, weights)
                         encoded = probs_io.encode(np.nan_to_num(blended), contributors > 0)

@@ -28,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.errors import StageInputError
 from clcplus_ops.geo.grid import Grid
+from clcplus_ops.postprocessing.blending import read_encoded
 from clcplus_ops.stage import External, Stage, StageIO, Target, blocks_with_progress
 
 # M in steps of 1e-4 of a probability: 0 .. round(sqrt(2) x 10 000).
@@ -226,13 +227,6 @@ def _prepare(ctx) -> External:
     return External(identity={"previous_productions": identity}, value={"found": found, "missing": missing})
 
 
-def _read(dataset, grid: Grid, block: Grid) -> np.ndarray:
-    """A block of encoded probabilities from a raster on the same lattice (a previous
-    production's PU grid may differ from this year's: areas it does not cover read as no data)."""
-    window = block.window_in(grid)
-    return dataset.read(window=window, boundless=True, fill_value=probs_io.NODATA)
-
-
 def _compute(io: StageIO) -> dict:
     grid = Grid.from_dict(io.params["grid"])
     classes = np.array(sorted(io.config.codes.classes))
@@ -268,7 +262,9 @@ def _compute(io: StageIO) -> dict:
         def prior_of(block: Grid) -> np.ndarray | None:
             if not previous:
                 return None
-            return combined_prior([_read(ds, g, block) for ds, g in previous], classes)
+            # A previous production's PU grid may differ from this year's (same lattice):
+            # what it does not cover reads as no data.
+            return combined_prior([read_encoded(g, ds, block, n) for ds, g in previous], classes)
 
         # Pass 1: M per change direction over the PU.
         histogram = np.zeros((n * n, M_MAX + 1), np.int64)
@@ -343,12 +339,3 @@ CALIBRATE = Stage(
     description="keep strong class changes against the previous productions, suppress weak ones (interannual "
                 "calibration)",
 )
-
-
-def direction_table(directions: Sequence[Mapping]) -> str:
-    """The record's directions as a text table (most pixels first), for logs and the demo."""
-    rows = sorted(directions, key=lambda d: -d["pixels"])
-    lines = [f"{'from':>4} {'to':>3} {'pixels':>9} {'pct':>5} {'threshold':>9} {'kept':>8} {'suppressed':>10}"]
-    lines += [f"{d['from']:>4} {d['to']:>3} {d['pixels']:>9,} {d['percentile']:>5g} {d['threshold']:>9.4f} "
-              f"{d['kept']:>8,} {d['suppressed']:>10,}" for d in rows]
-    return "\n".join(lines)

@@ -40,6 +40,7 @@ from clcplus_ops.errors import StageInputError
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.postprocessing.calibration import TOOK_PRIOR
 from clcplus_ops.postprocessing.mosaic import COUNT_NODATA, area_hash, layout_units, product_grid
+from clcplus_ops.postprocessing.recoding_rules import raspl as recoded_flags
 from clcplus_ops.stage import External, Stage, StageIO, Target, blocks_with_progress
 
 FILLED, UNFILLED, PREVIOUS = 1, 2, 3  # values of nodata.tif in the area (0: observed)
@@ -120,9 +121,8 @@ def layer_block(encoded: np.ndarray, counts: np.ndarray, in_area: np.ndarray, la
     observed = np.where(counts == COUNT_NODATA, 0, counts)
     rasdl = np.full(in_area.shape, codes.data_score_outside, np.uint16)
     rasdl[in_area] = np.minimum(observed[in_area], max_observations)
-    raspl = np.full(in_area.shape, codes.post_processing_outside, np.uint8)
-    raspl[in_area] = 0
-    raspl[has & (final != cls)] = 1
+    # Only land pixels count as recoded (coastal seawater is the coast's code, not a rule's).
+    raspl = recoded_flags(cls, np.where(on_land, final, cls), in_area, codes.post_processing_outside)
     return {"ras": ras, "rascl": rascl, "rasdl": rasdl, "raspl": raspl, "nodata": flag,
             "clipped": in_area & (observed > max_observations)}
 

@@ -41,12 +41,12 @@ def _prepare(ctx) -> External:
     from clcplus_ops.postprocessing.mosaic import layout_units
 
     unit = layout_units(ctx.config, ctx.target.layout)[ctx.target.pu_id]
+    area = unit.geometry_in(unit.crs)
     url = rules_url(ctx.config, ctx.target.reference_year)
     if url is None:
-        return External(identity={"rules": None}, value={"rules": None, "area": unit.geometry_in(unit.crs)})
+        return External(identity={"rules": None}, value={"rules": None, "area": area})
     rules = load_rules(url, store=ctx.store, classes=sorted(ctx.config.codes.classes))
-    return External(identity={"rules": rules.identity()}, value={"rules": rules, "url": url,
-                                                                  "area": unit.geometry_in(unit.crs)})
+    return External(identity={"rules": rules.identity()}, value={"rules": rules, "url": url, "area": area})
 
 
 def _compute(io: StageIO) -> dict:
