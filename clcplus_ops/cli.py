@@ -192,8 +192,9 @@ def cmd_run(args) -> int:
         raise ClcplusError(f"stage {stage.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
     if "model_version" in options and options["model_version"] is not None:
         options["model_version"] = _model_version(str(options["model_version"]))
-    if stage.scope in ("tile", "sample_tile") and not args.tile_id:
-        raise ClcplusError(f"stage {stage.name} runs for a tile: give PU YEAR TILE")
+    if stage.scope in ("tile", "sample_tile", "product_tile") and not args.tile_id:
+        raise ClcplusError(f"stage {stage.name} runs for a tile: give PU YEAR TILE (a product tile: its code, e.g. "
+                           "e44n36, after the PU whose run makes it)")
     if stage.scope in ("pu", "training") and args.tile_id:
         raise ClcplusError(f"stage {stage.name} runs for a production unit, not a tile: give PU YEAR")
     pu_id = None if stage.scope == "sample_tile" else args.pu_id  # a tile's samples belong to no PU
@@ -212,6 +213,20 @@ def cmd_stages(args) -> int:
         options = f"; options: {', '.join(stage.options)}" if stage.options else ""
         print(f"{stage.name:22s} {stage.scope:11s} inputs: {inputs}; outputs: {outputs}{options}")
     return 0
+
+
+def cmd_products(args) -> int:
+    """The delivery of a reference year: per product tile its revision, area per class,
+    self-check and publication."""
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.products.summary import delivery_summary
+
+    config = _config(args)
+    year = int(args.year)
+    summary = delivery_summary(config, args.layout, year)
+    print(f"delivery {year} ({args.layout} layout) under {Locations(config.for_layout(args.layout)).delivery}: "
+          f"{len(summary)} product tiles")
+    return 1 if _print_delivery(summary, config.codes.classes) else 0
 
 
 def cmd_previous_import(args) -> int:
@@ -384,16 +399,31 @@ def _demo_year(config, year: int, units: list[str], world: dict, env: dict, airf
     from clcplus_ops.runner import stage_record
     from clcplus_ops.stage import Target
 
-    for pu_id in units:
-        dag_id = f"clcplus_pu_{pu_id}"
-        print(f"demo: running {dag_id} for reference year {year}: ingest, classify, filter every tile, then "
-              f"mosaic, wait for the neighbours, blend, calibrate, recode, layers")
+    from clcplus_ops.pipeline import BLEND
+
+    def run_dag(pu_id: str) -> int:
         # The logical date is the day the acquisition window closed.
-        result = subprocess.run([airflow, "dags", "test", dag_id, f"{year + 1}-04-01",
+        result = subprocess.run([airflow, "dags", "test", f"clcplus_pu_{pu_id}", f"{year + 1}-04-01",
                                  "--conf", json.dumps({"model_version": models[pu_id]})], env=env)
         if result.returncode:
-            print(f"demo: {dag_id} failed (exit {result.returncode})", file=sys.stderr)
-            return result.returncode
+            print(f"demo: clcplus_pu_{pu_id} failed (exit {result.returncode})", file=sys.stderr)
+        return result.returncode
+
+    for pu_id in units:
+        print(f"demo: running clcplus_pu_{pu_id} for reference year {year}: ingest, classify, filter every tile, "
+              f"then mosaic, wait for the neighbours, blend, calibrate, recode, layers, and the 100 km product "
+              f"tiles whose PUs all have final layers (product tile, metadata, STAC, self-check, publish)")
+        if code := run_dag(pu_id):
+            return code
+    # A PU that blended before its neighbour had a mosaic has provisional layers: its run again
+    # (everything else current) blends with the neighbour, and, finishing last, makes the tiles.
+    for pu_id in units:
+        missing = stage_record(config, BLEND, Target("demo", year, pu_id), store).details["missing_neighbours"]
+        if missing:
+            print(f"demo: {pu_id} blended without {', '.join(missing)} (no mosaic yet when its wait ended); running "
+                  f"clcplus_pu_{pu_id} again: its blend and what follows are redone, the rest is current")
+            if code := run_dag(pu_id):
+                return code
     locations = Locations(config.for_layout("demo"))
     for pu_id in units:
         place = locations.pu(year, pu_id)
@@ -419,6 +449,10 @@ def _demo_year(config, year: int, units: list[str], world: dict, env: dict, airf
     print(f"demo: {year} overall accuracy of the filtered maps {100 * correct / pixels:.2f} % "
           f"(unfiltered {100 * correct_raw / pixels:.2f} %) over {pixels:,} px")
     _demo_products(config, year, units, world["truth_url"], store, detailed)
+    failed = _demo_delivery(config, year, store)
+    if failed:
+        print(f"demo: {failed} product tile(s) of {year} not published (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -469,22 +503,10 @@ def _demo_calibration(config, year: int, earlier: int, units: list[str], truth_u
 
 
 def _demo_products(config, year: int, units: list[str], truth_url: str, store, detailed: bool = True) -> None:
-    """The PU layers part of the demo: late neighbours picked up by re-running blend and layers,
-    then each PU's RAS against the truth and the seam between the PUs."""
+    """The PU layers part of the demo: each PU's RAS against the truth and the seam between the
+    PUs, then the delivery."""
     from clcplus_ops import demo
-    from clcplus_ops.pipeline import BLEND, PU_BLEND
-    from clcplus_ops.runner import run_stage, stage_record
-    from clcplus_ops.stage import Target
 
-    for pu_id in units:
-        target = Target("demo", year, pu_id)
-        missing = stage_record(config, BLEND, target, store).details["missing_neighbours"]
-        if missing:
-            print(f"demo: {pu_id} blended without {', '.join(missing)} (no mosaic yet when its wait ended); "
-                  f"re-running its blend and what follows: `clcplus run blend {pu_id} {year} --layout demo`, then "
-                  f"calibrate, recode, layers")
-            for stage in PU_BLEND:
-                run_stage(stage, config, target, store=store)
     figures = demo.pu_products(config, year, units, truth_url, store)
     if not detailed:
         for pu_id, f in figures["pus"].items():
@@ -521,6 +543,47 @@ def _demo_products(config, year: int, units: list[str], truth_url: str, store, d
               f"before blending {pct('before', 'spurious_across')} vs {pct('before', 'spurious_inside')} vs "
               f"{pct('before', 'spurious_beside')}, after {pct('after', 'spurious_across')} vs "
               f"{pct('after', 'spurious_inside')} vs {pct('after', 'spurious_beside')}")
+
+
+def _print_delivery(summary: list[dict], names: dict[int, str]) -> int:
+    """Print a delivery summary (:func:`clcplus_ops.products.summary.delivery_summary`); returns
+    the number of tiles that are not published."""
+    not_published = 0
+    for tile in summary:
+        code = tile["tile"].upper()
+        if "revision" not in tile:
+            waiting = "; ".join(f"{pu}: {why}" for pu, why in tile["waiting_for"].items())
+            print(f"  {code}: not made yet ({tile['state']}{': ' + waiting if waiting else ''})")
+            not_published += 1
+            continue
+        check = tile.get("check_passed")
+        validity = ("" if check is None else f"; {tile['metadata_valid']} of {tile['files_checked']} INSPIRE records "
+                    f"and {tile['stac_items_valid']} of {tile['files_checked']} STAC items valid")
+        check_text = ("not checked" if check is None else
+                      f"self-check passed ({tile['rules_checked']} rules on {tile['files_checked']} files{validity})"
+                      if check else f"self-check FAILED{validity}: {'; '.join(tile['check_failed'])}")
+        print(f"  {code} R{tile['revision']:02d} ({tile['state']}; made by {tile['claimed_by']}'s run from "
+              f"{', '.join(tile['pus'])}): {tile['pixels_delivered']:,} px delivered; {check_text}")
+        total = sum(tile["area_km2"].values())
+        for value, km2 in sorted(tile["area_km2"].items(), key=lambda kv: int(kv[0])):
+            label = names.get(int(value), {253: "Coastal seawater", 255: "No data"}.get(int(value), "?"))
+            print(f"      {int(value):>3} {label:<34} {km2:>10.2f} km2  {100 * km2 / total:5.1f} %")
+        if tile["state"] == "published":
+            print(f"      manifest {tile['manifest']}")
+        else:
+            not_published += 1
+    return not_published
+
+
+def _demo_delivery(config, year: int, store) -> int:
+    """Where the year's delivery is and a summary per product tile; returns the tiles not published."""
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.products.summary import delivery_summary
+
+    summary = delivery_summary(config, "demo", year, store)
+    print(f"demo: delivery {year} published under {Locations(config.for_layout('demo')).delivery} "
+          f"({len(summary)} product tiles of 100 km):")
+    return _print_delivery(summary, config.codes.classes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -577,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage", help="stage name, e.g. ingest, classify, filter, plan_tiles")
     run.add_argument("pu_id", help="production unit (any, e.g. '-', for a tile's sample series: they belong to no PU)")
     run.add_argument("year", help="reference year")
-    run.add_argument("tile_id", nargs="?", help="processing tile (tile stages)")
+    run.add_argument("tile_id", nargs="?", help="processing tile (tile stages) or product tile code (product stages)")
     run.add_argument("--layout", default="production", choices=("production", "demo"))
     run.add_argument("--force", action="store_true", help="recompute even if the recorded outputs are current")
     run.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -594,6 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     shistory = samples.add_parser("history", help="the revisions of one sample")
     shistory.add_argument("sample_id")
     shistory.set_defaults(func=cmd_samples_history)
+
+    products = sub.add_parser("products", help="the delivery of a reference year: product tiles, revisions, "
+                                                "self-check, publication")
+    products.add_argument("year", help="reference year")
+    products.add_argument("--layout", default="production", choices=("production", "demo"))
+    products.set_defaults(func=cmd_products)
 
     previous = sub.add_parser("previous", help="previous productions for the interannual calibration").add_subparsers(
         dest="action", required=True)

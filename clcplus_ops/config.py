@@ -386,14 +386,33 @@ class ProductsConfig(Section):
     """Delivery format (ATBD 3.1.1; EEA product definition clms_clcplus_ras_s2023_r10m)."""
 
     product_family: str = "clms_clcplus"
+    # V in the file names. The revision (R00, R01, ...) is not configured: each new content of a
+    # tile is its next revision (clcplus_ops.products.revisions).
     version: int = Field(1, ge=0, le=99)
-    release: int = Field(0, ge=0, le=99)
     ras_dtype: Literal["uint8"] = "uint8"
     rascl_dtype: Literal["uint8"] = "uint8"
     rasdl_dtype: Literal["uint16"] = "uint16"
     raspl_dtype: Literal["uint8"] = "uint8"
     compression: Literal["LZW"] = "LZW"
     blocksize: int = Field(1024, ge=16, le=1024)
+    # Where deliveries are published (s3://bucket/prefix in production); by default the
+    # "delivery" folder of the products root (the embedded demo's local store).
+    publish_url: str | None = None
+    # The responsible party and the metadata point of contact of the INSPIRE records.
+    producer_organisation: str = "European Environment Agency"
+    producer_email: str = "copernicus@eea.europa.eu"
+    producer_url: str | None = "https://land.copernicus.eu"
+    metadata_organisation: str = "European Environment Agency"
+    metadata_email: str = "copernicus@eea.europa.eu"
+    # Pixels per side of the styled quicklook PNGs.
+    quicklook_px: int = Field(1000, ge=64, le=10_000)
+
+    @field_validator("publish_url")
+    @classmethod
+    def _publish_url(cls, url: str | None) -> str | None:
+        if url is not None and not (url.startswith("file:///") or url.startswith("s3://")):
+            raise ValueError(f"{url!r} is not a file:///absolute/path or s3://bucket/prefix URL")
+        return url.rstrip("/") if url else url
 
     @field_validator("blocksize")
     @classmethod

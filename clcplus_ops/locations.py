@@ -8,7 +8,9 @@ Roots come from the configuration (``store.work``, ``models``, ``samples``, ``pr
     {samples}/sample_db/                                   the sample DB
     {samples}/series/{year}/{tile}/series.parquet          sample time series of a tile
     {models}/{pu}/{version}/                               registered models
-    {products}/{year}/{code}/                              100 km product tiles
+    {products}/{year}/{code}/                              a 100 km product tile (layers, metadata, STAC, check)
+    {products}/{year}/{code}/revisions/R{nn}.json          its revisions and who makes each
+    {products}/delivery/                                   published deliveries (products.publish_url)
     {synthetic}/{year}/catalog.json, truth/, samples/...   the synthetic Sentinel-2 world of a year
     .../_records/{stage}.json                              the record of a stage run at that place
 
@@ -72,6 +74,19 @@ def check_tile(config: Config, tile_id: str):
         return tile_from_id(tile_id, config.grid.tile_size_m, config.grid.pixel_size_m)
     except ValueError as error:
         raise InvalidIdError(str(error)) from None
+
+
+def check_product_tile(code: str) -> str:
+    """``code`` if it names a 100 km product tile (``e44n36``) or an overseas department (``gf``)."""
+    from clcplus_ops.geo.eea_grid import product_tile
+
+    if not isinstance(code, str):
+        raise InvalidIdError(f"product tile {code!r} is not a tile code like e44n36")
+    try:
+        product_tile(code)
+    except ValueError as error:
+        raise InvalidIdError(str(error)) from None
+    return code
 
 
 def check_version(version: str) -> str:
@@ -256,7 +271,12 @@ class Locations:
         return synthetic_world(self.config.synthetic.root, year)
 
     def product_tile(self, year: int, code: str) -> Place:
-        return Place(join(self.roots["products"], str(int(year)), code))
+        return Place(join(self.roots["products"], str(int(year)), check_product_tile(code)))
+
+    @property
+    def delivery(self) -> str:
+        """Where deliveries are published: ``products.publish_url``, else ``{products}/delivery``."""
+        return self.config.products.publish_url or join(self.roots["products"], "delivery")
 
     # ---- relative form (in records) ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ from clcplus_ops.postprocessing.layers import LAYERS
 from clcplus_ops.postprocessing.mosaic import MOSAIC
 from clcplus_ops.postprocessing.previous import IMPORT_PRODUCTION
 from clcplus_ops.postprocessing.recoding import RECODE
+from clcplus_ops.products.stages import PRODUCT_CHECK, PRODUCT_METADATA, PRODUCT_PUBLISH, PRODUCT_STAC, PRODUCT_TILE
 from clcplus_ops.sentinel2.ingest import INGEST
 
 # A production unit's run: plan, then per tile (mapped), then the join and the PU's stages on
@@ -26,11 +27,14 @@ TILE_STAGES = (DEFINE_TILE, INGEST, CLASSIFY, FILTER)
 PU_JOIN = (JOIN_TILES, MOSAIC)
 PU_BLEND = (BLEND, CALIBRATE, RECODE, LAYERS)
 PU_END = (*PU_JOIN, *PU_BLEND)
+# Then, for each 100 km product tile of the PU whose PUs all have layers (the last PU to finish
+# makes it): the tile's layers, metadata, STAC and package, self-check and publishing.
+PRODUCT_TILE_STAGES = (PRODUCT_TILE, PRODUCT_METADATA, PRODUCT_STAC, PRODUCT_CHECK, PRODUCT_PUBLISH)
 # A production unit's training (the expert review sits between audit and evaluate).
 TRAINING_STAGES = (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)
 
 # Outside a run: an external production imported as a PU's production of an earlier year.
 PREVIOUS_PRODUCTIONS = (IMPORT_PRODUCTION,)
 
-STAGES = {stage.name: stage for stage in (*PU_START, *TILE_STAGES, *PU_END, *PREVIOUS_PRODUCTIONS,
+STAGES = {stage.name: stage for stage in (*PU_START, *TILE_STAGES, *PU_END, *PRODUCT_TILE_STAGES, *PREVIOUS_PRODUCTIONS,
                                           EXTRACT_TILE_SAMPLES, *TRAINING_STAGES)}

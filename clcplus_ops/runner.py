@@ -26,7 +26,6 @@ Records hold locations relative to the store roots (``work:2025/DEMO1/...``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import shutil
 import time
@@ -39,14 +38,14 @@ from typing import Any
 import clcplus_ops
 from clcplus_ops.config import Config
 from clcplus_ops.errors import StageInputError
-from clcplus_ops.locations import Locations, Place, check_pu, check_tile, check_year
+from clcplus_ops.locations import Locations, Place, check_product_tile, check_pu, check_tile, check_year
 from clcplus_ops.stage import External, Input, Stage, StageIO, Target
-from clcplus_ops.store import S3Settings, Store, StoreError, StoreUnreachableError, canonical_json, fingerprint
+from clcplus_ops.store import (S3Settings, Store, StoreError, StoreUnreachableError, canonical_json, fingerprint,
+                               sha256_file)
 
 log = logging.getLogger("clcplus_ops.runner")
 
 RECORD_FORMAT = 2
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,14 +96,6 @@ def read_record(store: Store, url: str) -> StageRecord | None:
         return StageRecord.from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptRecordError(f"unusable stage record {url}: {error!r}") from error
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_files(store: Store, locations: Locations, record: StageRecord) -> list[str]:
@@ -170,6 +161,8 @@ def place_of(scope: str, locations: Locations, target: Target) -> Place:
         return locations.training(year, target.pu_id)
     if scope == "sample_tile":
         return locations.sample_series(year, target.tile_id)
+    if scope == "product_tile":
+        return locations.product_tile(year, target.tile_id)
     raise ValueError(f"unknown stage scope {scope!r}")
 
 
@@ -192,6 +185,11 @@ def checked_target(config: Config, stage: Stage, target: Target) -> Target:
         if not tile_id:
             raise StageInputError(f"stage {stage.name} runs for a tile: give its id")
         check_tile(config, tile_id)
+    if stage.scope == "product_tile":
+        if not tile_id:
+            raise StageInputError(f"stage {stage.name} runs for a product tile: give its code (e.g. e44n36)")
+        check_product_tile(tile_id)
+        pu_id = None  # a product tile is the same whichever PU's run makes it
     return Target(target.layout, year, pu_id, tile_id)
 
 
@@ -199,8 +197,11 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
               options: Mapping[str, Any] | None = None) -> dict:
     """Run ``stage`` for ``target`` (see the module documentation); returns its summary."""
     config = config.for_layout(target.layout)
+    options = dict(options or {})
+    if stage.scope == "product_tile" and target.pu_id:
+        options.setdefault("made_by", target.pu_id)  # the PU whose run asks for the product tile
     target = checked_target(config, stage, target)
-    options = {k: v for k, v in (options or {}).items() if k in stage.options}
+    options = {k: v for k, v in options.items() if k in stage.options}
     store = store or store_for(config)
     locations = Locations(config)
     ctx = RunContext(stage, config, target, options, store, locations, force)
@@ -247,7 +248,7 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
             path = staging / name / Path(files[name]).name
             if not path.is_file():
                 raise RuntimeError(f"{what}: the computation wrote no output {name!r}")
-            staged[name] = (path, _sha256_file(path))
+            staged[name] = (path, sha256_file(path))
         record = _commit(store, locations, stage, target, record_url, key, upstream, files, staged, details,
                          time.perf_counter() - started)
     finally:

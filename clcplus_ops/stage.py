@@ -38,13 +38,13 @@ if TYPE_CHECKING:
     from clcplus_ops.config import Config
     from clcplus_ops.geo.grid import Grid
 
-Scope = Literal["pu", "training", "tile", "sample_tile"]
+Scope = Literal["pu", "training", "tile", "sample_tile", "product_tile"]
 
 
 @dataclass(frozen=True)
 class Target:
     """What one run of a stage is for: a layout and reference year, and (by scope) a PU and a
-    tile."""
+    tile (a processing tile id, or a 100 km product tile's code for ``product_tile`` stages)."""
 
     layout: str
     reference_year: int
@@ -100,6 +100,9 @@ class Stage:
     options: tuple[str, ...] = ()
     # Errors that no retry cures: Airflow fails the task at once.
     permanent_errors: tuple[type[BaseException], ...] = ()
+    # Errors that say another run does this work (a product tile claimed by another PU's run):
+    # Airflow skips the task and those after it.
+    skip_errors: tuple[type[BaseException], ...] = ()
     description: str = ""
 
     def output_files(self, config: Config) -> dict[str, str]:

@@ -14,6 +14,7 @@ segments ``.`` and ``..`` are refused, so no id can address anything outside its
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hashlib
@@ -415,6 +416,72 @@ class Store:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    # ---- checksummed copies (publishing) -----------------------------------------------------
+
+    def checksum(self, url: str) -> tuple[int, str | None]:
+        """(size, hex sha256) of an object as its store states it: on S3 the SHA-256 checksum S3
+        keeps for the object (None if it was stored without one), on a filesystem the digest of
+        the file. FileNotFoundError when absent."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            return self.size(url), self.sha256(url)
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url):
+            head = self._s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        stated = head.get("ChecksumSHA256")
+        # A checksum of a multipart upload is a checksum of part checksums ("...-N"): not the file's.
+        digest = base64.b64decode(stated).hex() if stated and "-" not in stated else None
+        return int(head["ContentLength"]), digest
+
+    def upload_verified(self, local: Path, url: str, sha256_hex: str) -> None:
+        """Copy the local file to ``url`` (the file stays) so that the store itself verifies the
+        content: on S3 one PUT carrying the SHA-256 checksum, which S3 checks and keeps (files up
+        to S3's 5 GB single-PUT limit); on a filesystem a temporary copy whose digest is checked
+        before the rename. A mismatch is a StoreError and leaves nothing at ``url``."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            with self.local_write(url) as tmp:
+                shutil.copyfile(local, tmp)
+                if sha256_file(tmp) != sha256_hex:
+                    raise StoreError(f"copy of {local} to {url} does not have sha256 {sha256_hex}")
+            return
+        bucket, key = _bucket_key(url)
+        with self._s3_errors(url), local.open("rb") as body:
+            self._s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256",
+                                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex)).decode())
+
+    def copy_if_absent(self, source_url: str, url: str) -> bool:
+        """Copy ``source_url`` to ``url`` unless something is there (False then). A filesystem
+        copy is a hard link (atomic, never overwrites); an S3 copy is a server-side CopyObject
+        with ``If-None-Match: *`` that keeps the SHA-256 checksum (S3 answers 412 if the key
+        exists)."""
+        scheme, _ = _split(url)
+        if scheme == "file":
+            target = _local_path(url)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(_local_path(source_url), target)
+            except FileExistsError:
+                return False
+            with contextlib.suppress(OSError):
+                _fsync(target.parent)
+            return True
+        bucket, key = _bucket_key(url)
+        source_bucket, source_key = _bucket_key(source_url)
+        try:
+            with self._s3_errors(url):
+                self._s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key},
+                                     ChecksumAlgorithm="SHA256", IfNoneMatch="*")
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code")
+                           or cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+            raise
+        return True
+
     # ---- local paths for GDAL & co ------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -621,6 +688,15 @@ def _tree_size(path: Path) -> int:
     if path.is_file() or path.is_symlink():
         return path.lstat().st_size
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a local file, streamed (outputs may be multi-GB rasters)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -7,7 +7,10 @@ tile (the map index shows the tile id) made of the declared tile stages
 product grid (:data:`clcplus_ops.pipeline.PU_JOIN`: join, mosaic), waits for the neighbouring PUs'
 mosaics without a worker slot (``wait_for_neighbours``, :mod:`clcplus_airflow.neighbours`), then
 blends, calibrates against the previous productions, recodes with the rules and makes the layers
-(:data:`clcplus_ops.pipeline.PU_BLEND`); ``select_model`` fixes the
+(:data:`clcplus_ops.pipeline.PU_BLEND`). It ends with the 100 km product tiles whose PUs all have
+layers (``ready_product_tiles``; the last PU to finish makes a tile): one mapped task group per
+tile (the map index shows the tile code) of product tile ▸ metadata ▸ STAC ▸ self-check ▸ publish
+(:data:`clcplus_ops.pipeline.PRODUCT_TILE_STAGES`). ``select_model`` fixes the
 model every tile of the run is classified with. Tasks only run stages
 (:mod:`clcplus_airflow.tasks`); only ids and small summaries cross XCom.
 """
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, chain, task_group
 from clcplus_airflow.production import MODEL_OPTION, dag_arguments, pu_doc, pu_params, select_model_task
-from clcplus_airflow.tasks import planned_tile_ids, stage_task
+from clcplus_airflow.tasks import passed_self_check, planned_tile_ids, product_tiles_task, stage_task
 from clcplus_ops.config import Config, load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.geo.tile_index import tile_index
 from clcplus_airflow.neighbours import WaitForNeighboursOperator
-from clcplus_ops.pipeline import PLAN_TILES, PU_BLEND, PU_JOIN, TILE_STAGES
+from clcplus_ops.pipeline import PLAN_TILES, PRODUCT_CHECK, PRODUCT_TILE_STAGES, PU_BLEND, PU_JOIN, TILE_STAGES
 from clcplus_timetable import ReferenceYearTimetable
 
 
@@ -44,11 +47,21 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
             chain(*(stage_task(stage, layout, config, pu_id=pu_id)(
                 tile_id=tile_id, given=model if MODEL_OPTION in stage.options else None) for stage in TILE_STAGES))
 
+        @task_group(group_id="product_tile")
+        def product_tile(tile_id: str):
+            # A tile claimed by another PU's run skips here (and so does the rest of the group);
+            # a tile failing the self-check fails that task and is not published.
+            chain(*(stage_task(stage, layout, config, pu_id=pu_id,
+                               returns=passed_self_check if stage is PRODUCT_CHECK else None)(tile_id=tile_id)
+                    for stage in PRODUCT_TILE_STAGES))
+
         plan = stage_task(PLAN_TILES, layout, config, pu_id=pu_id, returns=planned_tile_ids)()
         tiles = tile.partial(model=select_model_task(layout, pu_id)()).expand(tile_id=plan)
         wait = WaitForNeighboursOperator(task_id="wait_for_neighbours", layout=layout, pu_id=pu_id)
+        ready = product_tiles_task(layout, pu_id)()
         chain(tiles, *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_JOIN), wait,
-              *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_BLEND))
+              *(stage_task(stage, layout, config, pu_id=pu_id)() for stage in PU_BLEND), ready)
+        product_tile.expand(tile_id=ready)
     return dag
 
 

@@ -1,12 +1,13 @@
-"""Benchmark: writing one delivered 100 km layer (10,000 x 10,000 px RAS, LZW, 1024 px tiles,
-overviews, colour table) with clcplus_ops.products.cog against GDAL's own COG driver writing
-the same array with the same options from a plain in-memory dataset (no colour table), in the
-same run. Target (issue 14): at most 1.1 x.
+"""Benchmark: writing the delivered 100 km layers (10,000 x 10,000 px RAS, RASCL, RASDL, RASPL;
+LZW, 1024 px tiles, overviews, colour table) with clcplus_ops.products.cog against GDAL's own COG
+driver writing the same array with the same options from a plain in-memory dataset (no colour
+table), in the same run. Target (issue 14): at most 1.1 x.
 
     .venv/bin/python scripts/bench_product_cog.py [--repeat 3]
 
 The array is a RAS-like map: parcels of 10-40 px with one of the 11 classes, outside (254) on a
-strip, coastal seawater (253) on another (LZW sees what it sees in a real tile).
+strip, coastal seawater (253) on another (LZW sees what it sees in a real tile); the auxiliary
+layers are made from it (confidence, observation counts, a few recoded parcels).
 """
 
 from __future__ import annotations
@@ -40,11 +41,20 @@ def ras_like(seed: int = 0) -> np.ndarray:
     return ras
 
 
+def auxiliary(ras: np.ndarray, codes, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    outside = ras == 254
+    rascl = np.where(outside, codes.confidence_outside, 40 + (ras.astype(np.int16) * 5) % 60).astype(np.uint8)
+    rasdl = np.where(outside, codes.data_score_outside, 30 + (ras.astype(np.uint16) * 7) % 90).astype(np.uint16)
+    raspl = np.where(outside, codes.post_processing_outside, (rng.random(ras.shape) < 0.01)).astype(np.uint8)
+    return {"ras": ras, "rascl": rascl, "rasdl": rasdl, "raspl": raspl}
+
+
 def gdal_baseline(path: Path, array: np.ndarray, grid: Grid) -> None:
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
 
-    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint8",
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": str(array.dtype),
                "crs": grid.crs, "transform": grid.transform}
     with MemoryFile() as memory:
         with memory.open(**profile) as source:
@@ -58,25 +68,30 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     grid = Grid.from_bounds(3035, (4_400_000.0, 3_600_000.0, 4_500_000.0, 3_700_000.0), 10.0)
-    array = ras_like()
-    spec = cog.layer_spec("ras", Config().codes)
-    times = {"gdal": [], "ours": []}
+    codes = Config().codes
+    layers = auxiliary(ras_like(), codes)
+    worst = 0.0
     with tempfile.TemporaryDirectory() as folder:
-        for i in range(args.repeat):
-            for name in ("gdal", "ours"):
-                path = Path(folder) / f"{name}_{i}.tif"
-                started = time.perf_counter()
-                if name == "gdal":
-                    gdal_baseline(path, array, grid)
-                else:
-                    cog.write_layer_cog(path, array, grid, spec)
-                times[name].append(time.perf_counter() - started)
-                size = path.stat().st_size
-        best = {k: min(v) for k, v in times.items()}
-        ratio = best["ours"] / best["gdal"]
-        print(f"100 km RAS tile {SIDE} x {SIDE} px, LZW, 1024 px tiles, overviews (best of {args.repeat}): "
-              f"GDAL COG driver {best['gdal']:.2f} s, ours (with the colour table) {best['ours']:.2f} s = "
-              f"{ratio:.2f} x ({'OK' if ratio <= 1.1 else 'MISSED'}: target <= 1.1); file {size / 1e6:.1f} MB")
+        for layer, array in layers.items():
+            spec = cog.layer_spec(layer, codes)
+            times = {"gdal": [], "ours": []}
+            for i in range(args.repeat):
+                for name in ("gdal", "ours"):
+                    path = Path(folder) / f"{layer}_{name}_{i}.tif"
+                    started = time.perf_counter()
+                    if name == "gdal":
+                        gdal_baseline(path, array, grid)
+                    else:
+                        cog.write_layer_cog(path, array, grid, spec)
+                    times[name].append(time.perf_counter() - started)
+                    size = path.stat().st_size
+            best = {k: min(v) for k, v in times.items()}
+            ratio = best["ours"] / best["gdal"]
+            worst = max(worst, ratio)
+            print(f"100 km {layer.upper():5s} tile {SIDE} x {SIDE} px {spec.dtype}, LZW, 1024 px tiles, overviews "
+                  f"(best of {args.repeat}): GDAL COG driver {best['gdal']:.2f} s, ours (with the colour table) "
+                  f"{best['ours']:.2f} s = {ratio:.2f} x; file {size / 1e6:.1f} MB")
+    print(f"worst ratio {worst:.2f} x ({'OK' if worst <= 1.1 else 'MISSED'}: target <= 1.1)")
     return 0
 
 

@@ -11,7 +11,7 @@ from clcplus_ops.config import load_config
 from clcplus_ops.geo.layout import layout_index
 from clcplus_ops.locations import Locations
 from clcplus_ops.model import registry
-from clcplus_ops.pipeline import BLEND, CLASSIFY, DEFINE_TILE, INGEST, LAYERS, MOSAIC, TILE_STAGES
+from clcplus_ops.pipeline import BLEND, CLASSIFY, DEFINE_TILE, INGEST, LAYERS, MOSAIC, PRODUCT_TILE_STAGES, TILE_STAGES
 from clcplus_ops.runner import stage_record, store_for
 from clcplus_ops.stage import Target
 from conftest import REPO, dagbag_of_all_layouts
@@ -67,8 +67,11 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     config = load_config()
     stages = [f"tile.{stage.name}" for stage in TILE_STAGES]  # the group is made from the declared stages
     assert stages == ["tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"]
+    products = [f"product_tile.{stage.name}" for stage in PRODUCT_TILE_STAGES]
+    assert products == ["product_tile.product_tile", "product_tile.product_metadata", "product_tile.product_stac",
+                        "product_tile.product_check", "product_tile.product_publish"]
     assert set(dag.task_ids) == {"plan_tiles", "select_model", *stages, "join_tiles", "mosaic", "wait_for_neighbours",
-                                 "blend", "calibrate", "recode", "layers"}
+                                 "blend", "calibrate", "recode", "layers", "ready_product_tiles", *products}
     for upstream, downstream in zip(stages, stages[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
     for task_id in stages:
@@ -82,6 +85,12 @@ def test_a_pu_dag_fans_out_per_tile_and_joins(dagbag):
     pu_stages = ["join_tiles", "mosaic", "wait_for_neighbours", "blend", "calibrate", "recode", "layers"]
     for upstream, downstream in zip(pu_stages, pu_stages[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    # and last the product tiles its run completes, each a mapped group: tile, metadata, STAC,
+    # self-check, publish
+    assert dag.get_task("ready_product_tiles").upstream_task_ids == {"layers"}
+    for upstream, downstream in zip(products, products[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+        assert dag.get_task(downstream).map_index_template == "{{ tile_id }}"
     assert dag.get_task("wait_for_neighbours").pool == config.airflow.default_pool
     assert type(dag.timetable).__name__ == "ReferenceYearTimetable"
     assert dag.max_active_runs == 1
@@ -141,6 +150,12 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     assert blended.details["missing_neighbours"] == ["DEMO2"] and blended.details["neighbours"] == []
     layers = stage_record(config, LAYERS, Target("demo", 2025, "DEMO1"))
     assert layers.details["area"] > 0 and layers.details["coastal_seawater"] > 0
+    # Its layers are provisional (blended without DEMO2) and DEMO2 has none: no product tile is
+    # made by this run; the mapped product tile group has no instance.
+    ready_ti = next(ti for ti in run.get_task_instances() if ti.task_id == "ready_product_tiles")
+    assert ready_ti.state == "success" and ready_ti.xcom_pull(task_ids="ready_product_tiles") == []
+    assert not [ti for ti in run.get_task_instances()
+                if ti.task_id.startswith("product_tile.") and ti.state == "success"]
     for task_id in ("tile.define_tile", "tile.ingest", "tile.classify", "tile.filter"):
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
         assert sorted(ti.rendered_map_index for ti in mapped) == sorted(tile_ids)
@@ -171,3 +186,49 @@ def test_demo_pu_dag_runs_end_to_end_and_reruns_skip_done_tiles(dagbag, demo_wor
     assert missing.state == "failed"
     assert states["select_model"] == "failed" and states["tile.ingest"] == "success"
     assert states["tile.classify"] == "upstream_failed"
+
+
+def test_the_last_pu_to_finish_makes_the_product_tiles_and_a_failed_self_check_stops_them(
+        dagbag, demo_world, demo_random_model, figure):
+    """DEMO2 runs (2 tiles), then DEMO1 again: DEMO1's blend is redone with DEMO2's mosaic, and,
+    finishing last, DEMO1's run makes the two product tiles both PUs touch. With 2 of each PU's
+    tiles most of the PUs' land has no observation: RAS keeps no data (255) there, which EEA's
+    value check refuses, so the tiles fail the self-check and are not published."""
+    import numpy as np
+
+    from clcplus_ops.locations import Locations
+    from clcplus_ops.products.stages import PRODUCT_CHECK, PRODUCT_TILE
+    from conftest import random_tempcnn, register_model
+
+    config = load_config().for_layout("demo")
+    s2 = config.sentinel2
+    x = np.random.default_rng(0).normal(1500, 900, (4096, len(s2.bands) + len(s2.indices), config.time_series.n_steps))
+    register_model(config, random_tempcnn(config, x.clip(-9999, 9999).astype(np.int16)), "DEMO2")
+    first, second = dagbag.get_dag("clcplus_pu_DEMO2"), dagbag.get_dag("clcplus_pu_DEMO1")
+    started = time.perf_counter()
+    demo2 = _run(first, {"only_tiles": first.params.get_param("only_tiles").schema["items"]["enum"][:2]})
+    assert demo2.state == "success", [(ti.task_id, ti.map_index, ti.state) for ti in demo2.get_task_instances()]
+    ready = next(ti for ti in demo2.get_task_instances() if ti.task_id == "ready_product_tiles")
+    assert ready.xcom_pull(task_ids="ready_product_tiles") == []  # DEMO1's layers are provisional
+    # (The run of this logical date keeps the conf of the previous test's last run: name the model.)
+    demo1 = _run(second, {"only_tiles": second.params.get_param("only_tiles").schema["items"]["enum"][:2],
+                          "model_version": "latest"})
+    figure(f"dag.test DEMO2 (2 tiles) then DEMO1 again, making 2 product tiles: {time.perf_counter() - started:.1f} s")
+    states = {(ti.task_id, ti.rendered_map_index): ti.state for ti in demo1.get_task_instances()}
+    assert states[("blend", None)] == "success"
+    assert stage_record(config, BLEND, Target("demo", 2025, "DEMO1")).details["missing_neighbours"] == []
+    ready = next(ti for ti in demo1.get_task_instances() if ti.task_id == "ready_product_tiles")
+    assert ready.xcom_pull(task_ids="ready_product_tiles") == ["e46n24", "e46n25"]
+    by_index = {(ti.task_id, ti.map_index): ti.state for ti in demo1.get_task_instances()}
+    for index, code in enumerate(("e46n24", "e46n25")):
+        assert states[("product_tile.product_tile", code)] == "success"  # the map index shows the tile code
+        assert states[("product_tile.product_stac", code)] == "success"
+        assert states[("product_tile.product_check", code)] == "failed"
+        assert by_index[("product_tile.product_publish", index)] == "upstream_failed"
+        made = stage_record(config, PRODUCT_TILE, Target("demo", 2025, None, code)).details
+        assert made["claimed_by"] == "DEMO1" and made["pus"] == ["DEMO1", "DEMO2"] and made["revision"] == 0
+        check = stage_record(config, PRODUCT_CHECK, Target("demo", 2025, None, code)).details
+        assert not check["passed"] and any("qc_tool.raster.value" in line and "255" in line for line in check["failed"])
+    assert demo1.state == "failed"
+    delivery = Locations(config).delivery
+    assert not store_for(config).list(delivery)  # nothing published

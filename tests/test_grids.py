@@ -42,12 +42,18 @@ def test_official_codes_lie_on_the_eea_reference_grid():
 
 def test_product_file_names_pass_the_eea_naming_check():
     name = eea_grid.product_filename("ras", 2023, "e44n36", 3035, 1, 0)
-    assert name == "clms_clcplus_ras_s2023_r10m_e44n36_03035_v01_r00.tif"
-    match = eea_grid.naming_pattern().match(name)
+    assert name == "CLMS_CLCPLUS_RAS_S2023_R10m_E44N36_03035_V01_R00.tif"
+    # EEA's check matches its lower-case pattern against the lower-cased name.
+    match = eea_grid.naming_pattern().match(name.lower())
     assert match and match["aoi_code"] == "e44n36" and match["epsg_code"] == "03035"
     for code, dom in aoi.DOMS.items():
         dom_name = eea_grid.product_filename("ras", 2023, code, dom.epsg, 1, 0)
-        assert eea_grid.naming_pattern(code).match(dom_name), dom_name
+        assert eea_grid.naming_pattern(code).match(dom_name.lower()), dom_name
+    parsed = eea_grid.parse_product_filename("CLMS_CLCPLUS_RASDL_S2023_R10m_GF_32622_V01_R02.tif.aux.xml")
+    assert (parsed.layer, parsed.tile, parsed.epsg, parsed.revision) == ("rasdl", "gf", 32622, 2)
+    assert parsed.file(".xml") == "CLMS_CLCPLUS_RASDL_S2023_R10m_GF_32622_V01_R02.xml"
+    with pytest.raises(ValueError, match="naming rule"):
+        eea_grid.parse_product_filename("clms_clcplus_ras_2023_e44n36.tif")
     with pytest.raises(ValueError, match="unknown layer"):
         eea_grid.product_filename("rgb", 2023, "e44n36", 3035, 1, 0)
 

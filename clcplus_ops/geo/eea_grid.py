@@ -100,16 +100,66 @@ def cells_covering(geometry: BaseGeometry) -> list[str]:
     return sorted(tile_code(e, n) for e, n in zip(ee[hits][inside], nn[hits][inside]))
 
 
-def product_filename(
-    layer: str, reference_year: int, tile: str, epsg: int, version: int, release: int
-) -> str:
-    """File name of a delivered tile, e.g. clms_clcplus_ras_s2023_r10m_e44n36_03035_v01_r00.tif."""
+_PRODUCT_NAME = re.compile(
+    r"^CLMS_CLCPLUS_(?P<layer>RAS|RASCL|RASDL|RASPL)_S(?P<year>\d{4})_R10m_(?P<tile>E\d{2}N\d{2}|[A-Z]{2})"
+    r"_(?P<epsg>\d{5})_V(?P<version>\d{2})_R(?P<revision>\d{2})(?P<suffix>\.[a-z.]+)?$")
+
+
+@dataclass(frozen=True)
+class ProductName:
+    """The parts of a delivered file's name (EEA's naming rule for CLCplus Backbone)."""
+
+    layer: str  # ras, rascl, rasdl, raspl
+    reference_year: int
+    tile: str  # e44n36, or a DOM's code (gf)
+    epsg: int
+    version: int
+    revision: int
+
+    @property
+    def stem(self) -> str:
+        """``CLMS_CLCPLUS_RAS_S2023_R10m_E44N36_03035_V01_R00``: the file names without suffix."""
+        return (f"CLMS_CLCPLUS_{self.layer.upper()}_S{self.reference_year}_R10m_{self.tile.upper()}"
+                f"_{self.epsg:05d}_V{self.version:02d}_R{self.revision:02d}")
+
+    def file(self, suffix: str = ".tif") -> str:
+        return self.stem + suffix
+
+
+def product_name(layer: str, reference_year: int, tile: str, epsg: int, version: int, revision: int) -> ProductName:
+    """The name of a delivered layer of a product tile; every part checked."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}; layers are {LAYERS}")
-    return (
-        f"clms_clcplus_{layer}_s{reference_year}_r10m_{tile}_{epsg:05d}"
-        f"_v{version:02d}_r{release:02d}.tif"
-    )
+    if not (_CODE.match(tile) or tile in _dom_codes()):
+        raise ValueError(f"{tile!r} is neither a 100 km tile code like 'e44n36' nor a DOM ({sorted(_dom_codes())})")
+    for what, value in (("version", version), ("revision", revision)):
+        if not 0 <= int(value) <= 99:
+            raise ValueError(f"{what} {value} is outside 0..99 (two digits in the file name)")
+    return ProductName(layer, int(reference_year), tile, int(epsg), int(version), int(revision))
+
+
+def product_filename(layer: str, reference_year: int, tile: str, epsg: int, version: int, revision: int) -> str:
+    """File name of a delivered layer by EEA's rule, e.g.
+    ``CLMS_CLCPLUS_RAS_S2023_R10m_E44N36_03035_V01_R00.tif``; the auxiliary layers take the same
+    pattern with their layer's name (``..._RASCL_...``, ``..._RASDL_...``, ``..._RASPL_...``).
+    EEA's check compares names case-insensitively against its lower-case pattern."""
+    return product_name(layer, reference_year, tile, epsg, version, revision).file()
+
+
+def parse_product_filename(name: str) -> ProductName:
+    """The parts of a delivered file's name (``.tif``, ``.tif.aux.xml``, ``.xml``...); ValueError
+    naming the rule when it does not follow it."""
+    match = _PRODUCT_NAME.match(name)
+    if not match:
+        raise ValueError(f"{name!r} does not follow the naming rule "
+                         "CLMS_CLCPLUS_<RAS|RASCL|RASDL|RASPL>_S<year>_R10m_<tile>_<epsg>_V<vv>_R<rr>")
+    g = match.groupdict()
+    return product_name(g["layer"].lower(), int(g["year"]), g["tile"].lower(), int(g["epsg"]), int(g["version"]),
+                        int(g["revision"]))
+
+
+def _dom_codes() -> frozenset[str]:
+    return frozenset(DOMS)
 
 
 @lru_cache(maxsize=1)
@@ -151,9 +201,12 @@ __all__ = [
     "ProductTile",
     "cell_bounds",
     "cells_covering",
+    "ProductName",
     "naming_pattern",
     "official_tile_codes",
+    "parse_product_filename",
     "product_filename",
+    "product_name",
     "product_tile",
     "product_tiles",
     "tile_code",

@@ -10,7 +10,8 @@ keeps every overview pixel a value that exists in the layer. (``mode`` would als
 but is several times slower and changes no class share noticeably at 20 m and coarser.)
 
 RAS declares no NoData value (EEA's check: only 1-11, 253 and 254 occur in it). The other
-layers declare their outside code. The output depends only on the array and the grid, so a
+layers declare their outside code. Every layer embeds a colour map (ATBD 3.1.1-3.4.1): EEA's for
+RAS, ramps for RASCL and RASDL, two colours for RASPL. The output depends only on the array and the grid, so a
 rerun gives the same bytes.
 """
 
@@ -52,6 +53,18 @@ def confidence_colours() -> dict[int, tuple[int, int, int]]:
     return out
 
 
+def data_score_colours(outside: int, max_observations: int = 200) -> dict[int, tuple[int, int, int]]:
+    """RASDL: valid observations 0 (dark red) through 100 (pale yellow) to ``max_observations``
+    (dark blue), the quicklooks' ramp; outside light grey. (A uint16 colour table has 65,536
+    entries in the file, about 400 kB; values not listed are black.)"""
+    from clcplus_ops.products.quicklook import count_ramp
+
+    ramp = count_ramp(max_observations)
+    out = {v: tuple(int(c) for c in ramp[v][:3]) for v in range(max_observations + 1)}
+    out[outside] = (230, 230, 230)
+    return out
+
+
 def post_processing_colours() -> dict[int, tuple[int, int, int]]:
     """RASPL: unchanged white, recoded magenta, outside light grey."""
     return {0: (255, 255, 255), 1: (230, 0, 169), 254: (230, 230, 230)}
@@ -64,7 +77,7 @@ def layer_spec(name: str, codes) -> LayerSpec:
     if name == "rascl":
         return LayerSpec("rascl", "uint8", codes.confidence_outside, confidence_colours())
     if name == "rasdl":
-        return LayerSpec("rasdl", "uint16", codes.data_score_outside, {})
+        return LayerSpec("rasdl", "uint16", codes.data_score_outside, data_score_colours(codes.data_score_outside))
     if name == "raspl":
         return LayerSpec("raspl", "uint8", codes.post_processing_outside, post_processing_colours())
     raise ValueError(f"unknown layer {name!r}; layers are ras, rascl, rasdl, raspl")

@@ -1,8 +1,8 @@
-"""S3 settings from an Airflow connection, in the Amazon provider's style.
+"""S3 settings from an Airflow connection, through the Amazon provider's S3 hook.
 
 The connection named by ``airflow.aws_conn_id`` (default ``aws_default``) gives the credentials
-(through :class:`~airflow.providers.amazon.aws.hooks.base_aws.AwsBaseHook`, which also masks the
-secret key and token in task logs), the endpoint (the connection's extra ``endpoint_url``, e.g.
+(through :class:`~airflow.providers.amazon.aws.hooks.s3.S3Hook`, which also masks the secret
+key and token in task logs), the endpoint (the connection's extra ``endpoint_url``, e.g.
 a MinIO or Ceph S3 API) and the region (the connection's, else ``store.s3_region``). The library
 receives them as a plain :class:`~clcplus_ops.store.S3Settings`; it never imports Airflow.
 
@@ -44,9 +44,10 @@ def s3_settings(config: Config) -> S3Settings:
         return S3Settings(endpoint_url=config.store.s3_endpoint_url, region=config.store.s3_region,
                           max_attempts=config.store.s3_max_attempts)
 
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    hook = AwsBaseHook(aws_conn_id=conn_id, client_type="s3")
+    # Every store access of a task (stages' inputs and outputs, publishing) uses these settings.
+    hook = S3Hook(aws_conn_id=conn_id)
     connection = hook.conn_config
     region = connection.region_name or config.store.s3_region
     try:

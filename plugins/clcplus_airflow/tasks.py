@@ -24,7 +24,7 @@ from clcplus_ops.store import Store
 
 log = logging.getLogger(__name__)
 
-TILE_SCOPES = ("tile", "sample_tile")
+TILE_SCOPES = ("tile", "sample_tile", "product_tile")
 
 
 def interval_year(context: Mapping[str, Any]) -> int:
@@ -95,6 +95,10 @@ def stage_task(stage: Stage, layout: str, config: Config, *, pu_id: str | None =
         try:
             summary = run_stage(stage, run_config, target, force=force and bool(params.get("force")), store=store,
                                 options=run_options)
+        except stage.skip_errors as error:  # another run does this work
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(str(error)) from error
         except (PermanentError, *stage.permanent_errors) as error:  # no retry cures these
             raise AirflowFailException(str(error)) from error
         if returns is None:
@@ -111,3 +115,46 @@ def planned_tile_ids(summary: dict, run: TaskRun) -> list[str]:
     """The plan stage's result for Airflow: the planned tile ids, which the tile tasks map over
     (Airflow maps only over a task's whole return value), read from the plan it committed."""
     return [t["tile_id"] for t in run.store.read_json(summary["outputs"]["plan"])["tiles"]]
+
+
+def product_tiles_task(layout: str, pu_id: str):
+    """The task that lists the PU's 100 km product tiles whose PUs all have committed layers:
+    this run makes those (the others wait for a PU still running; its run will make them). The
+    product tile stages map over its result."""
+
+    @task(task_id="ready_product_tiles")
+    def ready_product_tiles() -> list[str]:
+        from clcplus_ops.products.tiling import layers_not_final, readiness
+
+        context = get_current_context()
+        config = load_config().for_layout(layout)
+        year = interval_year(context)
+        store = task_store(config)
+        reasons = {}
+
+        def not_final(pu: str) -> str | None:
+            reasons[pu] = layers_not_final(config, layout, year, pu, store)
+            return reasons[pu]
+
+        tiles = readiness(config, layout, year, pu_id, not_final)
+        for tile in tiles:
+            if tile.ready:
+                log.info("product tile %s: every PU has final layers (%s): this run makes it", tile.code,
+                         ", ".join(tile.pus))
+            else:
+                log.info("product tile %s: waits for %s; the last of its PUs to finish makes it", tile.code,
+                         "; ".join(f"{pu}: {reasons[pu]}" for pu in tile.waiting_for))
+        return [tile.code for tile in tiles if tile.ready]
+
+    return ready_product_tiles
+
+
+def passed_self_check(summary: dict, run: TaskRun) -> dict:
+    """The self-check's result for Airflow: a tile that failed fails the task (after its report
+    was committed), naming every failed rule; it is not published."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if not summary.get("passed"):
+        raise AirflowFailException(f"product tile {run.target.tile_id} {run.target.reference_year} failed the "
+                                   "self-check: " + "; ".join(summary.get("failed", [])))
+    return summary
