@@ -1,6 +1,7 @@
 """Reference years and their acquisition windows, as configured in ``time_series`` (ATBD 3.1.3:
 reference year +- 3 months, 1 October of Y-1 to 31 March of Y+1, i.e. the half-open window
-[1 Oct Y-1, 1 Apr Y+1) by default).
+[1 Oct Y-1, 1 Apr Y+1) by default; 2018 was produced with +- 6 months, [1 Jul 2017, 1 Jul 2019),
+``time_series.year_windows``).
 
 The product history (``time_series.historical_years``, then every ``every_years`` from
 ``first_biennial_year``: 2018, 2021, 2023, 2025, ... by default) comes from the configuration
@@ -16,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 
-from clcplus_ops.config import TimeSeriesConfig, load_config
+from clcplus_ops.config import TimeSeriesConfig, YearSeries, load_config
 
 
 def _series(series: TimeSeriesConfig | None) -> TimeSeriesConfig:
@@ -28,13 +29,19 @@ def window(year: int, series: TimeSeriesConfig | None = None) -> tuple[dt.date, 
     return _series(series).window(year)
 
 
+def year_series(year: int, series: TimeSeriesConfig | None = None) -> YearSeries:
+    """The window and time steps of reference year ``year`` (its own, or the default)."""
+    return _series(series).for_year(year)
+
+
 def reference_year(start: dt.date | dt.datetime, end: dt.date | dt.datetime,
                    series: TimeSeriesConfig | None = None) -> int:
     """The reference year whose acquisition window is exactly [start, end); ValueError if none."""
     series = _series(series)
     start_d = start.date() if isinstance(start, dt.datetime) else start
     end_d = end.date() if isinstance(end, dt.datetime) else end
-    # The window opens in year Y-1 (its start month is in the year before the reference year).
+    # Every window, the default and each year's own, opens in year Y-1 (its start month is in
+    # the year before the reference year): one candidate, compared with that year's own window.
     year = start_d.year + 1
     expected = series.window(year)
     if (start_d, end_d) != expected:

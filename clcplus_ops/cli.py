@@ -324,7 +324,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from clcplus_ops.embedded import airflow_env, write_embedded_config
+    import signal
+
+    from clcplus_ops.embedded import AirflowApi, AirflowServices, airflow_env, free_port, server_env, write_embedded_config
     from clcplus_ops.geo.layout import layout_index
 
     repo, home = Path(args.repo).resolve(), Path(args.home).resolve()
@@ -343,18 +345,25 @@ def cmd_demo(args) -> int:
                         shutil.rmtree(part) if part.is_dir() else part.unlink()
             else:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    # The demo runs its PUs one after the other: the first waits briefly for its neighbour's
-    # mosaic, blends without it, and its blend is re-run once the neighbour has one. It produces
-    # the previous reference year first, so the current year is calibrated against it.
+    # The demo runs on a real Airflow (scheduler, DAG processor, triggerer and API server on
+    # 127.0.0.1, LocalExecutor, SQLite). Both PUs of a year run at once; a blend waiting for its
+    # neighbour's mosaic defers to the triggerer. The previous reference year comes first, so the
+    # current one is calibrated against it. Classification runs in the "gpu" pool it creates.
     config_path = write_embedded_config(home, home / "config.yaml", {
-        "blending": {"neighbour_timeout_minutes": 0.25, "neighbour_poll_seconds": 5},
-        "calibration": {"previous_productions": 1}})
-    env = airflow_env(home, repo, config_path)
+        "blending": {"neighbour_timeout_minutes": 20, "neighbour_poll_seconds": 5},
+        "calibration": {"previous_productions": 1},
+        "inference": {"airflow_pool": args.gpu_pool},
+        # Only the demo layout's DAGs; the demo triggers each reference year itself, in order.
+        "airflow": {"layouts": ["demo"], "scheduled_runs": False}})
+    port = args.port or free_port()
+    env = server_env(airflow_env(home, repo, config_path), port, parallelism=args.parallelism)
     env.setdefault("PYTHONWARNINGS", "ignore")  # library deprecation chatter hides the demo's output
     airflow = str(Path(sys.executable).with_name("airflow"))
     started = time.perf_counter()
     print(f"demo: Airflow home {env['AIRFLOW_HOME']} (SQLite, LocalExecutor), store {home / 'store'}")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([airflow, "pools", "set", args.gpu_pool, str(args.gpu_slots),
+                    "Classification (GPU workers in production)"], env=env, check=True, stdout=subprocess.DEVNULL)
     config = load_config(config_path)
     from clcplus_ops.postprocessing.calibration import previous_years
     from clcplus_ops.synthetic import build_world
@@ -374,56 +383,71 @@ def cmd_demo(args) -> int:
     # One sample set (the current year's world's) for every year's model, each trained with its
     # own year's time series: the years' maps are equally good, as their calibration assumes.
     samples = [worlds[args.year]["samples_csv_url"]]
+    models = {}
     for year in years:
         # Each production classifies with its own year's model, as in a real production.
-        models = {}
         for model in demo.ensure_models(config, year, units, samples):
             how = "trained on the synthetic samples" if model["trained"] else "registered earlier, reused"
             print(f"demo: {model['pu_id']} model {model['version']} of {year} ({how}; hold-out overall accuracy "
                   f"{100 * model['overall_accuracy']:.1f} %)")
-            models[model["pu_id"]] = model["version"]
-        code = _demo_year(config, year, units, worlds[year], env, airflow, store, models, detailed=year == args.year)
-        if code:
-            return code
-    _demo_calibration(config, args.year, earlier, units, {y: worlds[y]["truth_url"] for y in years}, store)
-    print(f"demo: finished in {time.perf_counter() - started:.0f} s")
+            models.setdefault(year, {})[model["pu_id"]] = model["version"]
+    services = AirflowServices(env, airflow, home / "airflow" / "services")
+    # SIGTERM (a supervisor, `kill`) stops the Airflow processes as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        services.start()
+        print(f"demo: Airflow UI {services.url} (user admin, password {services.password}); Airflow's processes "
+              f"{services.pids()}, logs in {services.log_dir}")
+        api = AirflowApi(services.url, "admin", services.password)
+        api.wait_for_dags([f"clcplus_pu_{u}" for u in units])
+        for year in years:
+            code = _demo_year(config, year, units, worlds[year], api, store, models[year],
+                              detailed=year == args.year)
+            if code:
+                return code
+        _demo_calibration(config, args.year, earlier, units, {y: worlds[y]["truth_url"] for y in years}, store)
+        print(f"demo: finished in {time.perf_counter() - started:.0f} s")
+        if args.keep_ui:
+            print(f"demo: the UI stays up at {services.url} (user admin, password {services.password}); Ctrl-C stops it")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        services.stop()
+        print(f"demo: Airflow stopped ({', '.join(services.components)})")
     return 0
 
 
-def _demo_year(config, year: int, units: list[str], world: dict, env: dict, airflow: str, store, models: dict,
-               detailed: bool) -> int:
-    """One reference year of the demo: each PU's DAG, then the tiles' and the PUs' figures."""
+def _demo_year(config, year: int, units: list[str], world: dict, api, store, models: dict, detailed: bool) -> int:
+    """One reference year of the demo on the running Airflow: every PU's run at once, watched
+    until done, then the tiles' and the PUs' figures."""
     from clcplus_ops import demo
     from clcplus_ops.locations import Locations
-    from clcplus_ops.pipeline import CLASSIFY, INGEST
+    from clcplus_ops.pipeline import BLEND, CLASSIFY, INGEST
     from clcplus_ops.runner import stage_record
     from clcplus_ops.stage import Target
 
-    from clcplus_ops.pipeline import BLEND
-
-    def run_dag(pu_id: str) -> int:
-        # The logical date is the day the acquisition window closed.
-        result = subprocess.run([airflow, "dags", "test", f"clcplus_pu_{pu_id}", f"{year + 1}-04-01",
-                                 "--conf", json.dumps({"model_version": models[pu_id]})], env=env)
-        if result.returncode:
-            print(f"demo: clcplus_pu_{pu_id} failed (exit {result.returncode})", file=sys.stderr)
-        return result.returncode
-
-    for pu_id in units:
-        print(f"demo: running clcplus_pu_{pu_id} for reference year {year}: ingest, classify, filter every tile, "
-              f"then mosaic, wait for the neighbours, blend, calibrate, recode, layers, and the 100 km product "
-              f"tiles whose PUs all have final layers (product tile, metadata, STAC, self-check, publish)")
-        if code := run_dag(pu_id):
-            return code
-    # A PU that blended before its neighbour had a mosaic has provisional layers: its run again
-    # (everything else current) blends with the neighbour, and, finishing last, makes the tiles.
-    for pu_id in units:
-        missing = stage_record(config, BLEND, Target("demo", year, pu_id), store).details["missing_neighbours"]
-        if missing:
-            print(f"demo: {pu_id} blended without {', '.join(missing)} (no mosaic yet when its wait ended); running "
-                  f"clcplus_pu_{pu_id} again: its blend and what follows are redone, the rest is current")
-            if code := run_dag(pu_id):
-                return code
+    print(f"demo: triggering {', '.join(f'clcplus_pu_{u}' for u in units)} for reference year {year}: ingest, "
+          f"classify, filter every tile, then mosaic, wait for the neighbours, blend, calibrate, recode, layers, and "
+          f"the 100 km product tiles whose PUs all have final layers (product tile, metadata, STAC, self-check, "
+          f"publish)")
+    # The logical date is the day the acquisition window closed.
+    runs = {pu: (f"clcplus_pu_{pu}", api.trigger(f"clcplus_pu_{pu}", f"{year + 1}-04-01T00:00:00Z",
+                                                 {"model_version": models[pu]})) for pu in units}
+    if _watch(api, runs, year):
+        return 1
+    # A PU whose wait for a neighbour's mosaic ended before it existed has provisional layers:
+    # its blend is cleared (the REST call the UI makes), so it and what follows run again.
+    late = [pu for pu in units
+            if stage_record(config, BLEND, Target("demo", year, pu), store).details["missing_neighbours"]]
+    if late:
+        for pu in late:
+            print(f"demo: {pu} blended before its neighbours' mosaics existed; clearing its blend and what follows")
+            api.clear(*runs[pu], ["blend"])
+        if _watch(api, {pu: runs[pu] for pu in late}, year):
+            return 1
     locations = Locations(config.for_layout("demo"))
     for pu_id in units:
         place = locations.pu(year, pu_id)
@@ -454,6 +478,29 @@ def _demo_year(config, year: int, units: list[str], world: dict, env: dict, airf
         print(f"demo: {failed} product tile(s) of {year} not published (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _watch(api, runs: dict[str, tuple[str, str]], year: int, every_s: float = 20.0) -> int:
+    """Follow DAG runs until they end, printing per PU the tiles done, what runs now, the elapsed
+    time and an estimate of the time left; returns the number of runs that failed."""
+    from clcplus_ops.embedded import run_progress
+
+    started, last = time.monotonic(), 0.0
+    while True:
+        progress = {pu: run_progress(api, dag_id, run_id) for pu, (dag_id, run_id) in runs.items()}
+        done = all(p["state"] in ("success", "failed") for p in progress.values())
+        if done or time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            for pu, p in progress.items():
+                eta = f", about {p['eta_s'] / 60:.0f} min left" if p.get("eta_s") is not None else ""
+                print(f"demo:   {pu} {year}: {p['state']}, tiles {p['tiles_done']}/{p['tiles_total']}, "
+                      f"now {', '.join(p['running']) or '-'}; {p['elapsed_s'] / 60:.1f} min{eta}", flush=True)
+        if done:
+            failed = [pu for pu, p in progress.items() if p["state"] == "failed"]
+            for pu in failed:
+                print(f"demo: clcplus_pu_{pu} {year} failed: {', '.join(progress[pu]['failed'])}", file=sys.stderr)
+            return len(failed)
+        time.sleep(2)
 
 
 def _demo_calibration(config, year: int, earlier: int, units: list[str], truth_urls: dict, store) -> None:
@@ -703,6 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--previous-year", type=int, help="the reference year produced first and calibrated against "
                                                         "(default: the one before --year)")
     demo.add_argument("--fresh", action="store_true", help="start over (the synthetic world and the registered models are kept and reused)")
+    demo.add_argument("--keep-ui", action="store_true", help="leave Airflow and its UI running when the production is done "
+                                                             "(Ctrl-C stops them)")
+    demo.add_argument("--port", type=int, help="the API server's port on 127.0.0.1 (default: a free one)")
+    demo.add_argument("--parallelism", type=int, default=4, help="task processes at once (LocalExecutor)")
+    demo.add_argument("--gpu-pool", default="gpu", help="the pool classification runs in")
+    demo.add_argument("--gpu-slots", type=int, default=1, help="slots of that pool")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -76,13 +77,66 @@ class Sentinel2Config(Section):
         return classes
 
 
+@dataclass(frozen=True)
+class YearSeries:
+    """The effective time series of one reference year: its acquisition window [start, end)
+    and its equidistant steps (what :meth:`TimeSeriesConfig.for_year` gives)."""
+
+    reference_year: int
+    start: dt.date
+    end: dt.date  # exclusive
+    step_days: int
+    n_steps: int
+    window_start_month: int  # of reference_year - 1
+    window_end_month: int  # of reference_year + 1 (exclusive, day 1)
+
+    @property
+    def window(self) -> tuple[dt.date, dt.date]:
+        return self.start, self.end
+
+    @property
+    def steps(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i * self.step_days) for i in range(self.n_steps)]
+
+    def input_signature(self) -> dict:
+        """What a model trained on this time series expects of it (recorded on model cards and
+        compared when a model is chosen for a year)."""
+        return {"steps": self.n_steps, "step_days": self.step_days,
+                "window_start_month": self.window_start_month, "window_end_month": self.window_end_month}
+
+    def describe(self) -> str:
+        return (f"{self.n_steps} steps of {self.step_days} days from {self.start.isoformat()}, "
+                f"window {self.start.isoformat()}..{self.end.isoformat()}")
+
+
+def _window(year: int, start_month: int, end_month: int) -> tuple[dt.date, dt.date]:
+    return dt.date(year - 1, start_month, 1), dt.date(year + 1, end_month, 1)
+
+
+class YearWindow(Section):
+    """The acquisition window of a reference year produced with another window than the default
+    (2018: reference year +- 6 months, ATBD 3.1.3)."""
+
+    window_start_month: int = Field(ge=1, le=12, description="month of year Y-1 the window opens")
+    window_end_month: int = Field(ge=1, le=12, description="month of year Y+1 the window closes (exclusive, day 1)")
+    # Left out: as many whole steps as the window holds (its days // step_days).
+    n_steps: int | None = Field(None, ge=2, le=366)
+
+
 class TimeSeriesConfig(Section):
-    """The equidistant time series (ATBD 3.1.3): reference year +- 3 months, 10-day steps."""
+    """The equidistant time series (ATBD 3.1.3): reference year +- 3 months, 10-day steps; the
+    years produced with another window (2018: +- 6 months) are listed in ``year_windows``."""
 
     window_start_month: int = Field(10, ge=1, le=12, description="month of year Y-1 the window opens")
     window_end_month: int = Field(4, ge=1, le=12, description="month of year Y+1 the window closes (exclusive, day 1)")
     step_days: int = Field(10, ge=1, le=31)
     n_steps: int = Field(54, ge=2, le=366)
+    # Reference years whose window (and so the number of steps, and the models that fit) is not
+    # the default one. ATBD 3.1.3: "the reference year 2018 ... was still produced with reference
+    # year +-6 months": 1 July 2017 to 30 June 2019, i.e. [1 Jul Y-1, 1 Jul Y+1), 730 days, 73
+    # whole 10-day steps. A YAML file giving this mapping replaces it whole.
+    year_windows: dict[int, YearWindow] = Field(
+        default_factory=lambda: {2018: YearWindow(window_start_month=7, window_end_month=7, n_steps=73)})
     # Tiles are computed in square blocks of this many pixels per side: it bounds the memory of
     # an ingest task (about 1 GB at 512 px and ~110 acquisition dates), whatever the tile size.
     block_px: int = Field(512, ge=256, le=4096)
@@ -95,26 +149,39 @@ class TimeSeriesConfig(Section):
     first_biennial_year: int = Field(2023, ge=2015, le=2200)
     every_years: int = Field(2, ge=1, le=10)
 
+    def for_year(self, reference_year: int) -> YearSeries:
+        """The window and steps of ``reference_year``: its ``year_windows`` entry, else the default."""
+        override = self.year_windows.get(reference_year)
+        if override is None:
+            opens, closes, n_steps = self.window_start_month, self.window_end_month, self.n_steps
+        else:
+            opens, closes, n_steps = override.window_start_month, override.window_end_month, override.n_steps
+        start, end = _window(reference_year, opens, closes)
+        if n_steps is None:
+            n_steps = (end - start).days // self.step_days
+        return YearSeries(reference_year, start, end, self.step_days, n_steps, opens, closes)
 
     def window(self, reference_year: int) -> tuple[dt.date, dt.date]:
         """[start, end) of the acquisition window of ``reference_year``."""
-        return (
-            dt.date(reference_year - 1, self.window_start_month, 1),
-            dt.date(reference_year + 1, self.window_end_month, 1),
-        )
+        return self.for_year(reference_year).window
 
     def steps(self, reference_year: int) -> list[dt.date]:
-        start, _ = self.window(reference_year)
-        return [start + dt.timedelta(days=i * self.step_days) for i in range(self.n_steps)]
+        """The dates of the time steps of ``reference_year``."""
+        return self.for_year(reference_year).steps
 
     @model_validator(mode="after")
     def _steps_fit_window(self) -> TimeSeriesConfig:
-        start, end = self.window(2023)
-        if (self.n_steps - 1) * self.step_days >= (end - start).days:
-            raise ValueError(
-                f"n_steps={self.n_steps} x step_days={self.step_days} overruns the "
-                f"{(end - start).days}-day window"
-            )
+        # The default window holds 547 or 548 days with the leap years: the steps must fit the
+        # shortest, over a whole leap cycle.
+        checks = [("time_series", self.n_steps, min((e - s).days for s, e in (
+            _window(y, self.window_start_month, self.window_end_month) for y in range(2021, 2025))))]
+        for year, override in sorted(self.year_windows.items()):
+            series = self.for_year(year)
+            checks.append((f"time_series.year_windows.{year}", series.n_steps, (series.end - series.start).days))
+        for name, n_steps, days in checks:
+            if n_steps < 2 or (n_steps - 1) * self.step_days >= days:
+                raise ValueError(f"{name}: n_steps={n_steps} x step_days={self.step_days} overruns the "
+                                 f"{days}-day window (or has fewer than 2 steps)")
         return self
 
     @model_validator(mode="after")
@@ -122,6 +189,10 @@ class TimeSeriesConfig(Section):
         if self.first_reference_year > self.last_reference_year:
             raise ValueError(f"first_reference_year={self.first_reference_year} is after "
                              f"last_reference_year={self.last_reference_year}: no year would be accepted")
+        outside = [y for y in self.year_windows if not self.first_reference_year <= y <= self.last_reference_year]
+        if outside:
+            raise ValueError(f"year_windows names year(s) {sorted(outside)} outside first_reference_year.."
+                             f"last_reference_year ({self.first_reference_year}..{self.last_reference_year})")
         return self
 
 
@@ -172,6 +243,12 @@ class AirflowConfig(Section):
     aws_conn_id: str = "aws_default"
     # The pool of tasks whose stage declares no pool of its own.
     default_pool: str = "default_pool"
+    # Whether the PU DAGs' timetable makes the scheduler's own run of each reference year once its
+    # window has closed; off, runs are triggered (the embedded demo) or backfilled.
+    scheduled_runs: bool = True
+    # Task instances of one PU run at once (Airflow's default of 16 starves a PU of 120 tiles;
+    # pools and the executor's parallelism still bound what really runs).
+    max_active_tasks: int = Field(256, ge=1, le=100_000)
     # The layouts whose DAGs the DAG files make: a production deployment may leave the demo out,
     # a demo deployment the 138 production units (each DAG costs the DAG processor and every
     # dag.test() a serialisation).

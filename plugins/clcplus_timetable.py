@@ -1,12 +1,19 @@
 """Airflow plugin: the CLCplus reference-year timetable.
 
-One run per reference year; its data interval is the configured acquisition window
-(``time_series.window``: [1 Oct Y-1, 1 Apr Y+1) by default) and it runs once the window has
-closed. Runs are scheduled for the product's reference years (``time_series.historical_years``,
-then every ``every_years`` from ``first_biennial_year``: 2018, 2021, then biennially from 2023 by
-default), so a backfill over 2017-2022 makes the 2018 and 2021 runs. A manual run gets the
-latest window that has closed by its logical date: any year, so an operator can re-make any
-reference year.
+One run per reference year; its data interval is that year's acquisition window
+(``time_series.window``: [1 Oct Y-1, 1 Apr Y+1) by default, each year of
+``time_series.year_windows`` its own: [1 Jul 2017, 1 Jul 2019) for 2018) and it runs once the
+window has closed. Runs are scheduled for the product's reference years
+(``time_series.historical_years``, then every ``every_years`` from ``first_biennial_year``: 2018,
+2021, then biennially from 2023 by default). A manual run gets the latest window that has closed
+by its logical date: any year, so an operator can re-make any reference year.
+
+Date ranges (a DAG's start date, ``airflow backfill create --from-date/--to-date``) select
+reference years, not windows: year Y is in [earliest, latest] when its 1 January is. Windows
+overlap the years around them (2023's opens on 1 Oct 2022), so "a backfill over 2017-2022"
+(--from-date 2017-01-01 --to-date 2022-12-31) makes exactly the 2018 and 2021 runs, and a start
+date of 1 Sep 2017 still schedules 2018, whose window opened on 1 Jul 2017. A run's logical
+date stays the start of its window (Airflow's convention for a data interval).
 
 The timetable takes its values from the configuration when it is built (DAG parse time) and
 carries them in its serialised form, so the scheduler needs no configuration of its own.
@@ -23,7 +30,7 @@ from pendulum import UTC, DateTime
 from airflow.plugins_manager import AirflowPlugin
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 from clcplus_ops import calendar
-from clcplus_ops.config import TimeSeriesConfig, load_config
+from clcplus_ops.config import TimeSeriesConfig, YearWindow, load_config
 
 
 class ReferenceYearTimetable(Timetable):
@@ -36,9 +43,14 @@ class ReferenceYearTimetable(Timetable):
         historical_years: tuple[int, ...] | None = None,
         window_start_month: int | None = None,
         window_end_month: int | None = None,
+        year_windows: dict[int, tuple[int, int]] | None = None,
+        automatic: bool | None = None,
     ) -> None:
-        given = (first_year, every, historical_years, window_start_month, window_end_month)
+        given = (first_year, every, historical_years, window_start_month, window_end_month, year_windows)
         configured = load_config().time_series if None in given else None
+        # False: the scheduler makes no run of its own; runs are triggered (the embedded demo
+        # triggers its reference years in order) or backfilled (``airflow.scheduled_runs``).
+        self.automatic = load_config().airflow.scheduled_runs if automatic is None else bool(automatic)
 
         def pick(value, name):
             return getattr(configured, name) if value is None else value
@@ -46,17 +58,27 @@ class ReferenceYearTimetable(Timetable):
         self.first_year = pick(first_year, "first_biennial_year")
         self.every = pick(every, "every_years")
         self.historical_years = tuple(pick(historical_years, "historical_years"))
-        # Only the window's months matter here (no validation of the time steps against them).
+        if year_windows is None:
+            year_windows = {year: (w.window_start_month, w.window_end_month)
+                            for year, w in configured.year_windows.items()}
+        # Only the windows' months matter here (no validation of the time steps against them).
         self.series = TimeSeriesConfig.model_construct(
             window_start_month=pick(window_start_month, "window_start_month"),
             window_end_month=pick(window_end_month, "window_end_month"),
+            year_windows={int(year): YearWindow.model_construct(window_start_month=opens, window_end_month=closes,
+                                                                n_steps=None)
+                          for year, (opens, closes) in sorted(year_windows.items(), key=lambda kv: int(kv[0]))},
         )
         years = ", ".join(str(y) for y in self.historical_years)
         opens, closes = (month_names.month_abbr[m]
                          for m in (self.series.window_start_month, self.series.window_end_month))
+        own = "".join(
+            f"; {year}: 1 {month_names.month_abbr[w.window_start_month]} {year - 1} to "
+            f"1 {month_names.month_abbr[w.window_end_month]} {year + 1}"
+            for year, w in self.series.year_windows.items())
         self.description = (
             f"CLCplus reference years {years}, then every {self.every} years from {self.first_year}; "
-            f"data interval 1 {opens} Y-1 to 1 {closes} Y+1"
+            f"data interval 1 {opens} Y-1 to 1 {closes} Y+1{own}"
         )
 
     # -- helpers ----------------------------------------------------------------------
@@ -74,19 +96,30 @@ class ReferenceYearTimetable(Timetable):
     def _years(self):
         return calendar.scheduled_years(self.first_year, self.every, self.historical_years)
 
+    @staticmethod
+    def _new_year(year: int) -> DateTime:
+        """The date that places reference year ``year`` in a date range (its 1 January)."""
+        return DateTime(year, 1, 1, tzinfo=UTC)
+
     # -- Timetable protocol -------------------------------------------------------------
     @property
     def summary(self) -> str:
         return f"reference years every {self.every}y from {self.first_year}"
 
     def serialize(self) -> dict:
+        # JSON object keys are strings: the years of the own windows travel as "2018".
         return {"first_year": self.first_year, "every": self.every, "historical_years": list(self.historical_years),
-                "window_start_month": self.series.window_start_month, "window_end_month": self.series.window_end_month}
+                "window_start_month": self.series.window_start_month, "window_end_month": self.series.window_end_month,
+                "year_windows": {str(year): [w.window_start_month, w.window_end_month]
+                                 for year, w in self.series.year_windows.items()},
+                "automatic": self.automatic}
 
     @classmethod
     def deserialize(cls, data: dict) -> ReferenceYearTimetable:
+        # A DAG serialised before year_windows existed had one window for every year.
+        year_windows = {int(year): tuple(months) for year, months in data.get("year_windows", {}).items()}
         return cls(data["first_year"], data["every"], tuple(data["historical_years"]),
-                   data["window_start_month"], data["window_end_month"])
+                   data["window_start_month"], data["window_end_month"], year_windows, data.get("automatic", True))
 
     def validate(self) -> None:
         from airflow.exceptions import AirflowTimetableInvalid
@@ -104,23 +137,25 @@ class ReferenceYearTimetable(Timetable):
     def next_dagrun_info(
         self, *, last_automated_data_interval: DataInterval | None, restriction: TimeRestriction
     ) -> DagRunInfo | None:
+        if not self.automatic and not restriction.catchup:
+            return None  # the scheduler's own runs are off; a backfill (catch-up) still works
         if last_automated_data_interval is not None:
             last = self.reference_year(last_automated_data_interval)
             year = next(y for y in self._years() if y > last)
         else:
             if restriction.earliest is None:
                 return None
-            candidates = (y for y in self._years() if self.interval(y).start >= restriction.earliest)
+            candidates = (y for y in self._years() if self._new_year(y) >= restriction.earliest)
             year = next(candidates)
             if not restriction.catchup:
                 # Without catch-up, start from the latest window that has closed (or the next).
                 now = pendulum.now(UTC)
                 for y in itertools.takewhile(lambda y: self.interval(y).end <= now, self._years()):
-                    if self.interval(y).start >= restriction.earliest:
+                    if self._new_year(y) >= restriction.earliest:
                         year = y
-        interval = self.interval(year)
-        if restriction.latest is not None and interval.start > restriction.latest:
+        if restriction.latest is not None and self._new_year(year) > restriction.latest:
             return None
+        interval = self.interval(year)
         return DagRunInfo.interval(start=interval.start, end=interval.end)
 
 

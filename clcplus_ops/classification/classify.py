@@ -1,9 +1,12 @@
 """The classify stage: the PU's registered TempCNN applied to every pixel of one tile.
 
 Input: the ingest stage's time series (``features/*.tif`` and ``valid_obs.tif``, tile grid plus
-the ingestion halo). The model is external (the registry): the PU's latest registered version,
-or the one the ``model_version`` option names; its version and the sha256 of its weights enter
-the fingerprint, so a new model re-classifies and a re-run with the same one skips.
+the ingestion halo). The model is external (the registry): the PU's newest version registered
+for the reference year (its card's ``reference_year``; a card without one counts for every
+year), or the one the ``model_version`` option names; either must have been trained on the
+year's time series (features, window, steps: 2018's +- 6 months give 73 steps, the other years'
++- 3 months 54). Its version and the sha256 of its weights enter the fingerprint, so a new
+model re-classifies and a re-run with the same one skips.
 
 Output: ``probabilities.tif`` (11 bands, see :mod:`.probabilities` for the encoding) on the
 same grid as the input, halo included, so the bilateral filter is exact at the tile edges. The
@@ -50,28 +53,99 @@ class ClassifyError(ClcplusError):
 # The model
 
 
+class NoModelForYearError(ModelNotFoundError):
+    """The PU has registered models, but none for the run's reference year (models are trained
+    on one year's time series: its window and steps)."""
+
+    def __init__(self, pu_id: str, reference_year: int, url: str, registered: Mapping[str, object], wanted: str):
+        super().__init__(pu_id, None, url, list(registered))
+        self.reference_year = reference_year
+        held = ", ".join(f"{version} (reference year {year})" for version, year in registered.items())
+        self.args = (f"no model of PU {pu_id} for reference year {reference_year} ({wanted}); {url} holds {held}; "
+                     f"train and register one for {reference_year} (the training DAG with reference_year "
+                     f"{reference_year}), or name in model_version a version whose time series fits",)
+
+
 def _selection(model: registry.RegisteredModel) -> dict:
     """What a run records of the model it classifies with (small enough for XCom)."""
     return {"pu_id": model.pu_id, "version": model.version, "url": model.url,
             "model_sha256": model.card["artefacts"]["model.pt"]["sha256"],
+            "reference_year": model.card.get("reference_year"),
             "hold_out_overall_accuracy": model.card.get("metrics", {}).get("overall_accuracy")}
 
 
-def _resolve(store: Store, config: Config, pu_id: str, version: str | None) -> registry.RegisteredModel:
-    from clcplus_ops.locations import Locations
+def expected_input(config: Config, reference_year: int) -> dict:
+    """What a model must take to classify ``reference_year``: the configured features over that
+    year's time series (its own window and number of steps)."""
+    from clcplus_ops.sentinel2 import timeseries
 
-    return registry.resolve_model(store, Locations(config).models, pu_id, version or None)
+    s2 = config.sentinel2
+    return {"features": timeseries.feature_names(s2.bands, s2.indices),
+            **config.time_series.for_year(reference_year).input_signature()}
 
 
-def select_model(config: Config, pu_id: str, version: str | None = None, store: Store | None = None) -> dict:
-    """The registered model a PU run classifies with (latest unless ``version``), as a small
-    dict for XCom; ModelNotFoundError names the PU and the folder it looked in."""
+def _misfits(config: Config, card: Mapping, reference_year: int) -> list[str]:
+    """How the input recorded on a model card differs from ``reference_year``'s time series.
+    Features and steps are on every card; the step length and window months on the cards of
+    models trained since years have their own windows (compared where recorded)."""
+    given = card.get("model", {}).get("input", {})
+    return [f"{key}: model {given.get(key)!r}, configuration {value!r}"
+            for key, value in expected_input(config, reference_year).items()
+            if (key in ("features", "steps") or key in given) and given.get(key) != value]
+
+
+def _check_fits(config: Config, model: registry.RegisteredModel, reference_year: int) -> None:
+    problems = _misfits(config, model.card, reference_year)
+    if problems:
+        raise ClassifyError(f"model {model.pu_id}/{model.version} ({model.url}) does not fit this configuration's "
+                            f"time series: {'; '.join(problems)} (PU {model.pu_id}, reference year {reference_year}: "
+                            f"{config.time_series.for_year(reference_year).describe()})")
+
+
+def _resolve(store: Store, config: Config, pu_id: str, version: str | None, reference_year: int
+             ) -> registry.RegisteredModel:
+    """The model ``version`` of ``pu_id`` for a run of ``reference_year``; without a version the
+    newest one registered for that year (a card that records no reference year counts for
+    every year). Either way its recorded input must fit the year's time series: ClassifyError
+    if not, NoModelForYearError if the PU has models but none of that year."""
+    from clcplus_ops.locations import Locations, model_pu_url
+
+    models = Locations(config).models
+    if version not in (None, "latest"):
+        chosen = registry.resolve_model(store, models, pu_id, version)
+        if chosen.card.get("reference_year") not in (None, reference_year):
+            log.info("%s: model %s was trained for %s; it classifies %d as asked", pu_id, version,
+                     chosen.card.get("reference_year"), reference_year)
+    else:
+        chosen, registered = None, {}
+        for candidate in reversed(registry.list_versions(store, models, pu_id)):
+            model = registry.resolve_model(store, models, pu_id, candidate)
+            year = model.card.get("reference_year")
+            registered[candidate] = year
+            if year in (None, reference_year):
+                chosen = model
+                break
+        if chosen is None:
+            if not registered:  # nothing complete at all: the registry's own message (incomplete ones)
+                registry.resolve_model(store, models, pu_id, None)
+            raise NoModelForYearError(pu_id, reference_year, model_pu_url(models, pu_id), registered,
+                                      config.time_series.for_year(reference_year).describe())
+    _check_fits(config, chosen, reference_year)
+    return chosen
+
+
+def select_model(config: Config, pu_id: str, reference_year: int, version: str | None = None,
+                 store: Store | None = None) -> dict:
+    """The registered model a PU run of ``reference_year`` classifies with (the newest of that
+    year unless ``version``), as a small dict for XCom. It reads the model cards only, so a run
+    without a model for its year fails at once: ModelNotFoundError (NoModelForYearError) or
+    ClassifyError, naming the PU and the year."""
     from clcplus_ops.runner import store_for
 
     store = store or store_for(config)
-    selected = _selection(_resolve(store, config, pu_id, version))
-    log.info("%s: classifying with model %s (%s, hold-out OA %s)", pu_id, selected["version"], selected["url"],
-             selected["hold_out_overall_accuracy"])
+    selected = _selection(_resolve(store, config, pu_id, version, reference_year))
+    log.info("%s %d: classifying with model %s (%s, hold-out OA %s)", pu_id, reference_year, selected["version"],
+             selected["url"], selected["hold_out_overall_accuracy"])
     return selected
 
 
@@ -91,31 +165,27 @@ class ChosenModel:
 def model_weights(config: Config, registered: registry.RegisteredModel, reference_year: int, data: bytes
                   ) -> TrainedModel:
     """The model of the weights ``data``, refused if its inputs are not the features this
-    configuration ingests."""
+    configuration ingests for ``reference_year``."""
     from clcplus_ops.model.trainer import TrainedModel
-    from clcplus_ops.sentinel2 import timeseries
 
     model = TrainedModel.from_bytes(data)
-    s2 = config.sentinel2
-    expected = {"features": timeseries.feature_names(s2.bands, s2.indices),
-                "steps": len(config.time_series.steps(reference_year))}
-    given = registered.card.get("model", {}).get("input", {})
-    problems = [f"{key}: model {given.get(key)!r}, configuration {value!r}" for key, value in expected.items()
-                if given.get(key) != value]
+    expected = expected_input(config, reference_year)
+    problems = _misfits(config, registered.card, reference_year)
     if (model.arch.channels, model.arch.time_steps) != (len(expected["features"]), expected["steps"]):
         problems.append(f"network input {(model.arch.channels, model.arch.time_steps)}")
     if sorted(model.classes) != sorted(config.codes.classes):
         problems.append(f"classes {model.classes}")
     if problems:
         raise ClassifyError(f"model {registered.pu_id}/{registered.version} ({registered.url}) does not fit this "
-                            f"configuration's time series: {'; '.join(problems)}")
+                            f"configuration's time series: {'; '.join(problems)} (reference year {reference_year})")
     return model
 
 
 def load_model(config: Config, pu_id: str, reference_year: int, version: str | None, store: Store
                ) -> tuple[registry.RegisteredModel, TrainedModel]:
-    """The registered model ``version`` (None: the latest) of ``pu_id`` and its weights."""
-    registered = _resolve(store, config, pu_id, version)
+    """The registered model ``version`` (None: the newest of ``reference_year``) of ``pu_id``
+    and its weights."""
+    registered = _resolve(store, config, pu_id, version, reference_year)
     return registered, model_weights(config, registered, reference_year,
                                      registry.read_artefact(store, registered, "model.pt"))
 
@@ -209,7 +279,7 @@ def _prepare(ctx) -> External:
     version = ctx.options.get("model_version") or None
     if version not in (None, "latest"):
         check_version(version)
-    registered = _resolve(ctx.store, ctx.config, ctx.target.pu_id, version)
+    registered = _resolve(ctx.store, ctx.config, ctx.target.pu_id, version, ctx.target.reference_year)
     store = ctx.store
     chosen = ChosenModel(registered, lambda: registry.read_artefact(store, registered, "model.pt"))
     selected = chosen.selection

@@ -663,7 +663,9 @@ def _register_compute(io: StageIO) -> dict:
             "reference_year": year,
             "model": {"architecture": "TempCNN (Pelletier et al. 2019)", **model.arch.to_dict(),
                       "classes": model.classes, "epochs": model.params.epochs,
-                      "input": {"features": features, "steps": len(config.time_series.steps(year)),
+                      # The year's time series (window, step length and count: 2018 has its own):
+                      # a run of another year takes this model only if its series is the same.
+                      "input": {"features": features, **config.time_series.for_year(year).input_signature(),
                                 "encoding": "int16, value x 10 000"}},
             "training_data": {"samples": evaluated["samples"], "hash": evaluated["data_hash"],
                               "hold_out_samples_per_class": acc["support"], "sample_db": external["sample_db"],

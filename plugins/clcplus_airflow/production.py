@@ -34,6 +34,7 @@ def dag_arguments(config: Config, *, retries: int | None = None) -> dict:
     return {
         "start_date": pendulum.datetime(start.year, start.month, start.day, tz="UTC"),
         "catchup": False,
+        "max_active_tasks": settings.max_active_tasks,
         "default_args": {"retries": settings.retries if retries is None else retries,
                          "retry_delay": pendulum.duration(minutes=settings.retry_delay_minutes)},
     }
@@ -65,22 +66,29 @@ def pu_params(pu_id: str, tile_ids: list[str]) -> dict:
 
 def select_model_task(layout: str, pu_id: str):
     """The task that resolves the PU's model once per run (the ``model_version`` param, else the
-    latest), so every tile of the run is classified with the same version. Its output is the
-    classify stage's ``model_version`` option. No registered model fails it without retries."""
+    newest registered for the run's reference year), so every tile of the run is classified with
+    the same version. A year without a model that fits its time series (2018's +- 6 months make
+    73 steps, the other years' 54) fails it at once, without retries, naming the PU and the year;
+    the tiles' ingestion goes on."""
 
     @task
     def select_model() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
-        from clcplus_airflow.tasks import task_store
+        from clcplus_airflow.tasks import interval_year, task_store
+        from clcplus_ops.classification.classify import ClassifyError
         from clcplus_ops.classification.classify import select_model as select_registered
         from clcplus_ops.model.registry import ModelNotFoundError
 
-        version = get_current_context()["params"]["model_version"]
+        context = get_current_context()
+        version = context["params"]["model_version"]
+        year = interval_year(context)
         config = load_config().for_layout(layout)
         try:
-            selected = select_registered(config, pu_id, None if version == "latest" else version, task_store(config))
-        except ModelNotFoundError as error:  # retrying does not register a model
-            raise AirflowFailException(f"{error}. Register one with the training DAG, then clear this task.") from error
+            selected = select_registered(config, pu_id, year, None if version == "latest" else version,
+                                         task_store(config))
+        except (ModelNotFoundError, ClassifyError) as error:  # retrying does not register a model
+            raise AirflowFailException(f"PU {pu_id}, reference year {year}: {error} (once a model for {year} is "
+                                       f"registered, clear this task)") from error
         return {**selected, MODEL_OPTION: selected["version"]}
 
     return select_model
