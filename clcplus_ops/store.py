@@ -454,7 +454,7 @@ class Store:
         """Copy ``source_url`` to ``url`` unless something is there (False then). A filesystem
         copy is a hard link (atomic, never overwrites); an S3 copy is a server-side CopyObject
         with ``If-None-Match: *`` that keeps the SHA-256 checksum (S3 answers 412 if the key
-        exists)."""
+        exists), after a look whether the key exists."""
         scheme, _ = _split(url)
         if scheme == "file":
             target = _local_path(url)
@@ -466,6 +466,8 @@ class Store:
             with contextlib.suppress(OSError):
                 _fsync(target.parent)
             return True
+        if self.exists(url):  # also where a server ignores If-None-Match on copies (moto does)
+            return False
         bucket, key = _bucket_key(url)
         source_bucket, source_key = _bucket_key(source_url)
         try:

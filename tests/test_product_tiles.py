@@ -362,6 +362,33 @@ def test_publishing_to_s3_stages_verifies_and_promotes(tmp_path, s3_server, s3_b
     assert store.checksum(published[0].url)[1] == published[0].sha256
 
 
+def test_two_publishers_of_the_same_shared_object_both_succeed(tmp_path, s3_server, s3_bucket, monkeypatch):
+    """Two tiles published at once share their STAC collections: whichever promotes a shared
+    object second finds the same bytes there and goes on; other bytes would be a conflict."""
+    from clcplus_ops.store import S3Settings, Store
+
+    store = Store(S3Settings(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"))
+    root = f"{s3_bucket}/delivery-race"
+    shared = tmp_path / "collection.json"
+    shared.write_text('{"id": "clms-clcplus-ras-2025"}\n')
+    mine = [*_files(tmp_path), publishing.Deliverable(shared, "stac/clms-clcplus-ras-2025/collection.json")]
+    real_copy = store.copy_if_absent
+
+    def other_publisher_first(source: str, url: str) -> bool:
+        if url.endswith("collection.json") and not store.exists(url):
+            store.upload_verified(shared, url, publishing.sha256_file(shared))  # the other tile's publish
+        return real_copy(source, url)
+
+    monkeypatch.setattr(store, "copy_if_absent", other_publisher_first)
+    published = publishing.publish(store, mine, root)
+    assert [p.new for p in published] == [True, True, True, False]
+    other = tmp_path / "other.json"
+    other.write_text('{"id": "something else"}\n')
+    monkeypatch.setattr(store, "copy_if_absent", lambda source, url: False)  # always beaten to it
+    with pytest.raises(publishing.PublishConflict):
+        publishing.publish(store, [publishing.Deliverable(other, "stac/other/collection.json")], root)
+
+
 def test_a_failure_midway_leaves_nothing_at_the_final_keys(tmp_path, s3_server, s3_bucket, monkeypatch):
     from clcplus_ops.store import S3Settings, Store
 
