@@ -218,11 +218,11 @@ def cmd_stages(args) -> int:
 def cmd_products(args) -> int:
     """The delivery of a reference year: per product tile its revision, area per class,
     self-check and publication."""
-    from clcplus_ops.locations import Locations
+    from clcplus_ops.locations import Locations, check_year
     from clcplus_ops.products.summary import delivery_summary
 
     config = _config(args)
-    year = int(args.year)
+    year = check_year(config, args.year)
     summary = delivery_summary(config, args.layout, year)
     print(f"delivery {year} ({args.layout} layout) under {Locations(config.for_layout(args.layout)).delivery}: "
           f"{len(summary)} product tiles")

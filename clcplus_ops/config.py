@@ -540,6 +540,10 @@ class TrainingConfig(Section):
     # Early stopping on a stratified validation share of the training samples.
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     patience_epochs: int = Field(8, ge=1, le=10_000)
+    # Who may answer the expert review of the label audit: Airflow user ids as the auth manager
+    # gives them (the username with the simple auth manager; FAB's numeric id). Empty: nobody,
+    # until the deployment names its reviewers; a review answered by anyone else is refused.
+    reviewers: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _learning_rates(self) -> TrainingConfig:
@@ -547,6 +551,9 @@ class TrainingConfig(Section):
             raise ValueError(f"min_lr ({self.min_lr}) must be below max_lr ({self.max_lr})")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd to keep the time axis length, got {self.kernel_size}")
+        blank = [r for r in self.reviewers if not r.strip() or r != r.strip()]
+        if blank:
+            raise ValueError(f"reviewers must be user ids without surrounding blanks, got {blank}")
         return self
 
 
@@ -609,6 +616,21 @@ class LayoutConfig(Section):
         return Path(self.path).expanduser() if self.path else resources.DEFAULT_LAYOUT
 
 
+class InjectedFault(Section):
+    """One fault of a drill: the stage ``stage`` fails for the targets matching ``pu_id`` and
+    ``tile_id`` (unset: any), before it computes anything."""
+
+    stage: str
+    pu_id: str | None = None
+    tile_id: str | None = None
+
+
+class DrillsConfig(Section):
+    """Fault injection for the operations drills (repair, retries). Empty in production."""
+
+    faults: tuple[InjectedFault, ...] = ()
+
+
 class DemoConfig(Section):
     """The demo production: the same code on a two-PU layout of a few km, with smaller tiles
     and buffer (DESIGN: the demo shrinks only configuration)."""
@@ -639,6 +661,7 @@ class Config(Section):
     airflow: AirflowConfig = AirflowConfig()
     layout: LayoutConfig = LayoutConfig()
     demo: DemoConfig = DemoConfig()
+    drills: DrillsConfig = DrillsConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
 
     LAYOUTS: ClassVar[tuple[str, ...]] = ("production", "demo")

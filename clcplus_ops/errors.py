@@ -21,3 +21,7 @@ class StageInputError(ClcplusError):
 class PermanentError(ClcplusError):
     """A failure that retrying cannot cure (no scenes in the archive, no registered model):
     Airflow fails the task without retries."""
+
+
+class InjectedFaultError(ClcplusError):
+    """A fault a drill injected (``drills.faults``): transient, as a lost worker would be."""

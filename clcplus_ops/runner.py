@@ -231,6 +231,7 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
     else:
         store.exists(record_url)  # a forced run, too, meets an unreachable store before computing
 
+    _injected_fault(config, stage, target)
     staging = store.staging_dir(place.base)
     started = time.perf_counter()
     try:
@@ -255,6 +256,17 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: done in %.1f s, %d output(s) committed (%s)", what, record.seconds, len(files), record_url)
     return _summary(stage, target, record, locations, skipped=False)
+
+
+def _injected_fault(config: Config, stage: Stage, target: Target) -> None:
+    """Fail here, before computing, where a drill's fault (``drills.faults``) matches."""
+    from clcplus_ops.errors import InjectedFaultError
+
+    for fault in config.drills.faults:
+        if fault.stage == stage.name and fault.pu_id in (None, target.pu_id) \
+                and fault.tile_id in (None, target.tile_id):
+            raise InjectedFaultError(f"{stage.name} {target.describe()}: fault injected by the drill "
+                                     f"(drills.faults); nothing was computed")
 
 
 def _gdal_env(store: Store, locations: Locations):

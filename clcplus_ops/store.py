@@ -77,6 +77,9 @@ class S3Settings:
     region: str = "eu-central-1"
     addressing_style: str = "path"
     max_attempts: int = 5  # per request, boto3's standard retry mode
+    # Seconds a request waits for the server's answer before it counts as failed (and is retried):
+    # a stalled connection must not hold a task for boto3's default minute.
+    read_timeout: float = 60.0
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -203,7 +206,7 @@ class Store:
                         "response_checksum_validation": "when_required",
                     }
                 config = botocore.config.Config(
-                    s3={"addressing_style": s.addressing_style},
+                    s3={"addressing_style": s.addressing_style}, read_timeout=s.read_timeout,
                     retries={"mode": "standard", "total_max_attempts": s.max_attempts},  # first try included
                     **extra,
                 )

@@ -43,7 +43,7 @@ def build_training_dag(layout: str, dag_id: str) -> DAG:
         @task_group(group_id="pu")
         def train_unit(pu_id: str):
             stage = partial(stage_task, layout=layout, config=config, year=param_year, map_index="pu_id")
-            review = expert_review()
+            review = expert_review(config)
             # The review and the registration are not repeated by force: they would add revisions
             # to the sample DB again, or register the same model again.
             applied = stage(REVIEW, task_id="apply_review", options=review_options, force=False)(

@@ -29,7 +29,8 @@ _WORLD = {"bounds": [387_500 - 80, 5_042_500 - 80, 395_000 + 80, 5_047_500 + 80]
 # The session's Airflow makes the demo layout's DAGs only: every dag.test() re-parses and
 # re-serialises the whole DAG folder, and the 139 production DAGs cost seconds each time. The
 # DagBag tests parse both layouts (``ALL_LAYOUTS_CONFIG``), which the deployments make by default.
-_SETTINGS = {"training": {"label_audit_rounds": 2, "label_audit_folds": 2, "epochs": 12},
+# "expert" (a user of the session's Airflow) is the one reviewer allowed to answer label reviews.
+_SETTINGS = {"training": {"label_audit_rounds": 2, "label_audit_folds": 2, "epochs": 12, "reviewers": ["expert"]},
              "demo": {"label_audit_epochs": 6}, "synthetic": _WORLD,
              # A DEMO1 run waits 3 s (not a day) for DEMO2's mosaic, polling every second.
              "blending": {"neighbour_timeout_minutes": 0.05, "neighbour_poll_seconds": 1}}

@@ -206,7 +206,7 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # Same code, smaller models: the one-tile world has about 60 samples.
 STAGES = {stage.name: stage for stage in (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)}
 SMALL_TRAINING = {"epochs": 6, "label_audit_epochs": 4, "label_audit_rounds": 2, "conv_filters": 8, "dense_units": 16,
-                  "batch_size": 16, "patience_epochs": 3}
+                  "batch_size": 16, "patience_epochs": 3, "reviewers": ("expert",)}
 
 
 @pytest.fixture(scope="module")

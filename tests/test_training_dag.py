@@ -1,6 +1,7 @@
 """The training DAG under a real Airflow: dag.test() of the demo layout's training for DEMO1,
 extract ► audit ► expert review (answered by the test through Airflow's REST API, as the UI
-does) ► apply review ► evaluate ► final fit ► register; then the stages' guards and re-runs."""
+does; an Admin who is not a configured reviewer is refused) ► apply review ► evaluate ► final
+fit ► register; then the stages' guards and re-runs."""
 
 from __future__ import annotations
 
@@ -40,19 +41,37 @@ def dagbag(airflow_db):
     return bag
 
 
-@pytest.fixture(scope="module")
-def api(dagbag):
-    """Airflow's core REST API in-process, signed in as the reviewer "expert"."""
-    from airflow.api_fastapi.app import create_app, get_auth_manager
+def signed_in(app, username: str):
+    """A client of Airflow's REST API signed in as ``username`` (an Admin)."""
+    from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app("core"))
-    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="expert", role="ADMIN"))
+    client = TestClient(app)
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=username, role="ADMIN"))
     client.headers["Authorization"] = f"Bearer {token}"
     # The first request in this thread: lazy imports from the answering thread could deadlock.
     assert client.get("/api/v2/dags/~/dagRuns/~/hitlDetails").status_code == 200
     return client
+
+
+@pytest.fixture(scope="module")
+def core_app(dagbag):
+    from airflow.api_fastapi.app import create_app
+
+    return create_app("core")
+
+
+@pytest.fixture(scope="module")
+def api(core_app):
+    """Airflow's core REST API in-process, signed in as "expert", the configured reviewer."""
+    return signed_in(core_app, "expert")
+
+
+@pytest.fixture(scope="module")
+def admin_api(core_app):
+    """The same API signed in as "admin": an Admin of the deployment, but not a reviewer."""
+    return signed_in(core_app, "admin")
 
 
 def test_training_dags_take_the_production_units_as_a_param(dagbag):
@@ -82,9 +101,11 @@ def _truth(world: dict) -> dict[str, dict]:
     return {r["sample_id"]: r for r in csv.DictReader(io.StringIO(store_for(load_config()).read_text(world["samples_csv_url"])))}
 
 
-def answer_reviews(api, answer, timeout=600):
-    """A thread that answers this DAG's pending review requests: answer(detail) -> (option, params)."""
-    errors, answered = [], []
+def answer_reviews(api, answer, timeout=600, intruder=None):
+    """A thread that answers this DAG's pending review requests: answer(detail) -> (option, params).
+    With ``intruder`` (a client of another user), that user tries to answer first; their replies
+    are kept in ``refused``."""
+    errors, answered, refused = [], [], []
 
     def run():
         deadline = time.monotonic() + timeout
@@ -98,6 +119,8 @@ def answer_reviews(api, answer, timeout=600):
                 option, params = answer(detail)
                 url = (f"/api/v2/dags/{DAG_ID}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/"
                        f"{ti['map_index']}/hitlDetails")
+                if intruder is not None:
+                    refused.append(intruder.patch(url, json={"chosen_options": ["Keep given labels"], "params_input": {}}))
                 reply = api.patch(url, json={"chosen_options": [option], "params_input": params})
                 if reply.status_code != 200:
                     errors.append(f"{url}: {reply.status_code} {reply.text}")
@@ -108,11 +131,11 @@ def answer_reviews(api, answer, timeout=600):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, errors, answered
+    return thread, errors, answered, refused
 
 
 @pytest.fixture(scope="module")
-def trained(dagbag, api, demo_world):
+def trained(dagbag, api, admin_api, demo_world):
     config = load_config().for_layout("demo")  # what the demo training DAG's tasks run with
     store = store_for(config)
     imported = import_samples(store, Locations(config).sample_db, demo_world["samples_csv_url"],
@@ -127,7 +150,7 @@ def trained(dagbag, api, demo_world):
         decisions = expert_decisions(flagged, store.read_text(demo_world["samples_csv_url"]))
         return "Apply uploaded decisions", {"decisions_url": None, "decisions_csv": decisions}
 
-    thread, errors, answered = answer_reviews(api, answer)
+    thread, errors, answered, refused = answer_reviews(api, answer, intruder=admin_api)
     started = time.perf_counter()
     run = dagbag.get_dag(DAG_ID).test(run_conf={"production_units": [PU], "reference_year": YEAR})
     seconds = time.perf_counter() - started
@@ -136,7 +159,7 @@ def trained(dagbag, api, demo_world):
     version = registry.resolve_model(store, Locations(config).models, PU).version
     assert version not in versions_before
     return {"run": run, "answered": answered, "seconds": seconds, "config": config, "store": store, "truth": truth,
-            "version": version}
+            "version": version, "refused": refused}
 
 
 def test_training_dag_runs_every_stage_with_the_expert_review(trained, figure):
@@ -154,6 +177,61 @@ def test_training_dag_runs_every_stage_with_the_expert_review(trained, figure):
     assert detail["subject"] == f"Label audit {PU} {YEAR}: {audit['flagged']} of {audit['samples']} samples flagged"
     assert output_url(config, AUDIT, "flagged_csv") in detail["body"] and audit["rounds"] == 2
     assert output_url(config, AUDIT, "decisions_template") in detail["body"]
+
+
+def test_only_the_configured_reviewers_may_answer_the_review(trained):
+    # The request names the configured reviewers; Airflow refused the Admin who is not one, and
+    # the reviewer's answer is the one the review stage applied.
+    detail = trained["answered"][0]
+    assert load_config().training.reviewers == ("expert",)
+    assert detail["assigned_users"] == [{"id": "expert", "name": "expert"}]
+    assert "Reviewers (training.reviewers): expert." in detail["body"]
+    [refused] = trained["refused"]
+    assert refused.status_code == 403, refused.text
+    assert "User=admin (id=admin) is not a respondent" in refused.json()["detail"]
+    review = trained["store"].read_json(output_url(trained["config"], REVIEW, "review"))
+    assert review["choice"] == "decisions" and review["reviewer"] == "expert"
+
+
+def test_an_answer_by_someone_else_fails_the_review_stage_for_good(trained, tmp_path):
+    """Behind Airflow's check, the apply_review task's own: an answer whose user is not (or no
+    longer) a reviewer fails it without retries, naming the user and the reviewers; nothing of
+    the answer is stored."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from clcplus_airflow.tasks import TaskRun
+    from clcplus_airflow.training import ACCEPT, DECISIONS, _needs_reviewers, review_options
+
+    config, store = trained["config"], trained["store"]
+    run = TaskRun({"run_id": "manual__intruder"}, config, TARGET, store)
+    pasted = Locations(config).training(YEAR, PU).file("audit", "decisions-manual__intruder.csv")
+    answer = {"chosen_options": [DECISIONS], "params_input": {"decisions_csv": "sample_id,decision,label,comment\n"},
+              "responded_by_user": {"id": "admin", "name": "admin"}}
+    with pytest.raises(stages.TrainingError) as error:
+        review_options(answer, run)
+    assert "answered by user 'admin'" in str(error.value) and "reviewers are 'expert'" in str(error.value)
+    assert not store.exists(pasted)
+    with pytest.raises(stages.TrainingError, match="unknown user"):
+        review_options({"chosen_options": [ACCEPT], "params_input": {}}, run)
+    accepted = review_options({**answer, "responded_by_user": {"id": "expert", "name": "expert"}}, run)
+    assert accepted["reviewer"] == "expert" and store.exists(accepted["decisions_url"])
+    # The stage refuses it too (the command line's reviewers, or options given by hand).
+    with pytest.raises(stages.TrainingError, match="answered by user 'mallory'"):
+        run_stage(REVIEW, config, TARGET, store=store, options={"choice": "keep", "reviewer": "mallory"})
+    nobody = config.model_copy(update={"training": config.training.model_copy(update={"reviewers": ()})})
+    with pytest.raises(stages.TrainingError, match="none is configured"):
+        run_stage(REVIEW, nobody, TARGET, store=store, options={"choice": "keep", "reviewer": "expert"})
+
+    # With no reviewer configured, the review request is not even made (Airflow would let
+    # anyone answer a request with no assigned users).
+    empty = tmp_path / "no-reviewers.yaml"
+    empty.write_text("training:\n  reviewers: []\n")
+    with pytest.MonkeyPatch.context() as patch:
+        from clcplus_ops.config import CONFIG_ENV
+
+        patch.setenv(CONFIG_ENV, str(empty))
+        with pytest.raises(AirflowFailException, match="training.reviewers names nobody"):
+            _needs_reviewers({})
+    _needs_reviewers({})  # the session's configuration names "expert"
 
 
 def test_review_decisions_became_sample_db_revisions(trained):
@@ -234,7 +312,7 @@ def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(train
     review = stage_record(config, REVIEW, TARGET, store)
 
     def apply(**options):
-        return run_stage(REVIEW, config, TARGET, store=store, options=options)
+        return run_stage(REVIEW, config, TARGET, store=store, options={"reviewer": "expert", **options})
 
     with pytest.raises(stages.TrainingError) as error:
         apply(choice="decisions", decisions_url=url)

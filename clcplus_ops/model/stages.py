@@ -365,24 +365,38 @@ def store_uploaded_decisions(config: Config, pu_id: str, reference_year: int, te
     return url
 
 
-def _review_options(options: Mapping[str, Any]) -> tuple[str, str | None, str]:
+def check_reviewer(config: Config, target: Target, reviewer: Any) -> str:
+    """``reviewer`` if ``training.reviewers`` names them, else a TrainingError naming the user and
+    the configured reviewers (no retry makes someone else a reviewer)."""
+    allowed = config.training.reviewers
+    if isinstance(reviewer, str) and reviewer in allowed:
+        return reviewer
+    who = f"user {reviewer!r}" if reviewer else "an unknown user"
+    named = (f"the configured reviewers are {', '.join(map(repr, allowed))}" if allowed
+             else "none is configured, so nobody may answer it until training.reviewers names the reviewers")
+    raise TrainingError(f"the expert review of {target.pu_id} {target.reference_year} was answered by {who}, who "
+                        f"may not answer it: only the users in training.reviewers may ({named})")
+
+
+def _review_options(config: Config, target: Target, options: Mapping[str, Any]) -> tuple[str, str | None, str]:
+    reviewer = check_reviewer(config, target, options.get("reviewer"))  # first: nothing of theirs is read
     choice = options.get("choice")
     if choice not in REVIEW_CHOICES:
         raise TrainingError(f"review choice {choice!r} is not one of {list(REVIEW_CHOICES)}")
     decisions_url = options.get("decisions_url") or None
     if choice == "decisions" and not decisions_url:
         raise TrainingError("review choice 'decisions' needs the URL of a decisions file")
-    return choice, decisions_url if choice == "decisions" else None, options.get("reviewer") or "expert"
+    return choice, decisions_url if choice == "decisions" else None, reviewer
 
 
 def _review_params(config: Config, target: Target, options) -> dict:
-    choice, decisions_url, reviewer = _review_options(options)
+    choice, decisions_url, reviewer = _review_options(config, target, options)
     return {"choice": choice, "decisions_url": decisions_url, "reviewer": reviewer}
 
 
 def _review_prepare(ctx: RunContext) -> External:
     """The decisions file (its sha256 is the identity) and where the revisions go."""
-    choice, decisions_url, _ = _review_options(ctx.options)
+    choice, decisions_url, _ = _review_options(ctx.config, ctx.target, ctx.options)
     value = {"store": ctx.store, "sample_db": ctx.locations.sample_db, "decisions": None}
     if decisions_url is None:
         return External(identity={}, value=value)
@@ -673,7 +687,8 @@ def _register_compute(io: StageIO) -> dict:
             "metrics": {"overall_accuracy": acc["overall_accuracy"], "kappa": acc["kappa"], "n": acc["n"],
                         "omission": acc["omission"], "commission": acc["commission"],
                         "targets": evaluated["targets"]},
-            "configuration": {"training": config.training.model_dump(mode="json"),
+            # Who may review is access control, not how the model was trained.
+            "configuration": {"training": config.training.model_dump(mode="json", exclude={"reviewers"}),
                               "sentinel2": {"bands": list(s2.bands), "indices": list(s2.indices)},
                               "time_series": config.time_series.model_dump(mode="json")},
         }
@@ -703,4 +718,4 @@ REGISTER = Stage(
 TRAINING_STAGES = (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)
 
 __all__ = ["AUDIT", "EVALUATE", "EXTRACT", "FINAL_FIT", "REGISTER", "REVIEW", "TRAINING_STAGES", "TrainingError",
-           "TrainingTable", "holdout_split", "load_training_table", "store_uploaded_decisions"]
+           "TrainingTable", "check_reviewer", "holdout_split", "load_training_table", "store_uploaded_decisions"]

@@ -77,6 +77,7 @@ def select_model_task(layout: str, pu_id: str):
         from clcplus_airflow.tasks import interval_year, task_store
         from clcplus_ops.classification.classify import ClassifyError
         from clcplus_ops.classification.classify import select_model as select_registered
+        from clcplus_ops.errors import InvalidIdError
         from clcplus_ops.model.registry import ModelNotFoundError
 
         context = get_current_context()
@@ -86,7 +87,8 @@ def select_model_task(layout: str, pu_id: str):
         try:
             selected = select_registered(config, pu_id, year, None if version == "latest" else version,
                                          task_store(config))
-        except (ModelNotFoundError, ClassifyError) as error:  # retrying does not register a model
+        # Retrying does not register a model, nor mend a malformed version.
+        except (ModelNotFoundError, ClassifyError, InvalidIdError) as error:
             raise AirflowFailException(f"PU {pu_id}, reference year {year}: {error} (once a model for {year} is "
                                        f"registered, clear this task)") from error
         return {**selected, MODEL_OPTION: selected["version"]}

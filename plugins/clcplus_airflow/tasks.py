@@ -77,7 +77,7 @@ def stage_task(stage: Stage, layout: str, config: Config, *, pu_id: str | None =
 
     def run(pu_id: str | None = None, tile_id: str | None = None, given: Any = None):
         from airflow.sdk.exceptions import AirflowFailException
-        from clcplus_ops.errors import PermanentError
+        from clcplus_ops.errors import InvalidIdError, PermanentError
         from clcplus_ops.runner import run_stage
 
         context = get_current_context()
@@ -90,16 +90,18 @@ def stage_task(stage: Stage, layout: str, config: Config, *, pu_id: str | None =
         store = task_store(run_config.for_layout(layout))
         current = TaskRun(context, run_config.for_layout(layout), target, store)
         run_options = {name: params[name] for name in stage.options if name in params}
-        if given is not None:
-            run_options.update(options(given, current) if options else given)
         try:
+            # The options hook checks what it is given (who answered a review): its refusals
+            # are as final as the stage's.
+            if given is not None:
+                run_options.update(options(given, current) if options else given)
             summary = run_stage(stage, run_config, target, force=force and bool(params.get("force")), store=store,
                                 options=run_options)
         except stage.skip_errors as error:  # another run does this work
             from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException(str(error)) from error
-        except (PermanentError, *stage.permanent_errors) as error:  # no retry cures these
+        except (PermanentError, InvalidIdError, *stage.permanent_errors) as error:  # no retry cures these
             raise AirflowFailException(str(error)) from error
         if returns is None:
             return summary

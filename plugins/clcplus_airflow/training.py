@@ -62,12 +62,17 @@ def training_params(config: Config, layout: str, units: list[str]) -> dict:
     }
 
 
-def expert_review() -> HITLOperator:
-    """The review request ("Required actions"), showing the audit's numbers and files."""
+def expert_review(config: Config) -> HITLOperator:
+    """The review request ("Required actions"), showing the audit's numbers and files. Only the
+    users in ``training.reviewers`` may answer it: Airflow's API refuses anyone else (403), and
+    with none configured the request fails at once rather than wait for an answer nobody may give."""
+    reviewers = config.training.reviewers
+    # Names as text, never as template code.
+    who = "{% raw %}" + ", ".join(reviewers) + "{% endraw %}"
     return HITLOperator(
         task_id="expert_review",
         subject=SUBJECT,
-        body=BODY,
+        body=BODY + f"\n\nReviewers (training.reviewers): {who}." if reviewers else BODY,
         options=[ACCEPT, KEEP, DECISIONS],
         params={
             "decisions_url": Param(None, type=["null", "string"], title="Decisions CSV URL",
@@ -75,23 +80,39 @@ def expert_review() -> HITLOperator:
             "decisions_csv": Param(None, type=["null", "string"], format="multiline", title="Decisions CSV",
                                    description="or paste the CSV here: sample_id,decision,label,comment"),
         },
+        assigned_users=[{"id": user, "name": user} for user in reviewers] or None,
+        pre_execute=_needs_reviewers,
         # Unanswered reviews fail after a month (no default: nothing is decided silently).
         response_timeout=timedelta(days=30),
         retries=0,
     )
 
 
-def review_options(answer: dict, run: TaskRun) -> dict:
-    """The review stage's options from the expert's answer; decisions pasted into the form are
-    kept as a file beside the audit (the audit trail) and given by their URL."""
-    from clcplus_ops.model.stages import store_uploaded_decisions
+def _needs_reviewers(context) -> None:
+    """Without configured reviewers Airflow would let any user answer; refuse to ask instead."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from clcplus_ops.config import load_config
 
+    if not load_config().training.reviewers:
+        raise AirflowFailException("no expert may answer the label audit's review: training.reviewers names nobody; "
+                                   "name the Airflow users who review in the configuration, then clear this task")
+
+
+def review_options(answer: dict, run: TaskRun) -> dict:
+    """The review stage's options from the expert's answer: the answering user must be one of
+    ``training.reviewers`` (checked before anything of the answer is used); decisions pasted
+    into the form are kept as a file beside the audit (the audit trail) and given by their URL."""
+    from clcplus_ops.model.stages import REVIEW, check_reviewer, store_uploaded_decisions
+    from clcplus_ops.runner import checked_target
+
+    # The user id is what Airflow checks against the request's assigned users.
+    reviewer = (answer.get("responded_by_user") or {}).get("id")
+    target = checked_target(run.config, REVIEW, run.target)  # the ids, before they make a path
+    check_reviewer(run.config, target, reviewer)
     choice = CHOICES[answer["chosen_options"][0]]
     given = answer.get("params_input") or {}
     decisions_url = given.get("decisions_url")
     if choice == "decisions" and not decisions_url and given.get("decisions_csv"):
-        target = run.target
         decisions_url = store_uploaded_decisions(run.config, target.pu_id, target.reference_year,
                                                  given["decisions_csv"], run.context["run_id"], store=run.store)
-    reviewer = (answer.get("responded_by_user") or {}).get("name") or "expert"
     return {"choice": choice, "decisions_url": decisions_url, "reviewer": reviewer}
