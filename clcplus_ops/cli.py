@@ -279,8 +279,13 @@ def cmd_train(args) -> int:
     stage = _pipeline().STAGES[TRAINING_STAGES[args.stage]]
     options = {}
     if args.stage == "review":
+        from clcplus_ops.model.stages import check_reviewer
+        from clcplus_ops.runner import checked_target
         from clcplus_ops.store import as_url
 
+        # Who reviews is checked before anything of the review is read (the stage checks it too).
+        config = _config(args).for_layout(args.layout)
+        check_reviewer(config, checked_target(config, stage, _target(args)), args.reviewer)
         decisions = as_url(args.decisions) if args.decisions else None  # a path or a store URL
         options = {"choice": args.choice, "decisions_url": decisions, "reviewer": args.reviewer}
     _print_summary(_run(args, stage, _target(args), options))
@@ -731,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true")
     train.add_argument("--choice", default="keep", choices=("accept", "keep", "decisions"), help="review: the expert's choice")
     train.add_argument("--decisions", help="review: URL or path of the decisions CSV (with --choice decisions)")
-    train.add_argument("--reviewer", default="expert", help="review: who decided")
+    train.add_argument("--reviewer", default="expert", help="review: who decided (one of training.reviewers)")
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)

@@ -32,7 +32,8 @@ from clcplus_ops.store import join
 
 ROOTS = ("work", "models", "samples", "products")
 RECORDS = "_records"
-_VERSION = re.compile(r"^v\d{4,}$")
+# ASCII digits and \Z: "v0001\n" or other scripts' digits are not versions (versions make paths).
+_VERSION = re.compile(r"\Av[0-9]{4,}\Z")
 
 
 # --------------------------------------------------------------------------------------------

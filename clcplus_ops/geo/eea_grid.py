@@ -18,7 +18,8 @@ from clcplus_ops.resources import CONVENTIONS_DIR, PRODUCT_DEFINITION_JSON
 
 CELL_M = 100_000
 LAYERS = ("ras", "rascl", "rasdl", "raspl")
-_CODE = re.compile(r"^e(\d{2})n(\d{2})$")
+# ASCII digits and \Z: "e44n36\n" or other scripts' digits are not codes (codes make paths).
+_CODE = re.compile(r"\Ae([0-9]{2})n([0-9]{2})\Z")
 
 
 @dataclass(frozen=True, order=True)

@@ -79,8 +79,8 @@ SOFTWARE_PACKAGES = {
 }
 NOT_INSTALLED = "not installed"
 
-_PU_RE = re.compile(r"[A-Za-z0-9_-]+")
-_VERSION_RE = re.compile(r"v(\d{4,})")
+_PU_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # bounded: a folder name, not "File name too long"
+_VERSION_RE = re.compile(r"v([0-9]{4,})")  # ASCII digits only: versions make paths
 # Simple file names: no separators, no hidden or temporary names (list() hides ".clcplus-tmp-*").
 _ARTEFACT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Numbers tried after the first free one before giving up (only reached under heavy contention).
@@ -414,7 +414,7 @@ def _percent(value: Any) -> str:
 
 def _check_pu(pu_id: Any) -> None:
     if not isinstance(pu_id, str) or not _PU_RE.fullmatch(pu_id):
-        raise InvalidIdError(f"PU id must be non-empty letters, digits, '_' or '-', got {pu_id!r}")
+        raise InvalidIdError(f"PU id must be 1 to 64 letters, digits, '_' or '-', got {pu_id!r:.80}")
 
 
 def _check_artefacts(artefacts: Mapping[str, bytes]) -> dict[str, bytes]:

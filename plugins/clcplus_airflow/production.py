@@ -58,7 +58,9 @@ def pu_params(pu_id: str, tile_ids: list[str]) -> dict:
         ),
         "force": Param(False, type="boolean", title="Redo finished work"),
         "model_version": Param(
-            "latest", type="string", pattern=r"^(latest|v[0-9]{4,})$", title="Model version",
+            # (?![\s\S]) ends the string in both Python's and the UI's (JavaScript) regexes;
+            # Python's $ would let "v0001\n" through.
+            "latest", type="string", pattern=r"^(latest|v[0-9]{4,})(?![\s\S])", title="Model version",
             description=f"Registered model of {pu_id} to classify with, e.g. v0003; 'latest' by default.",
         ),
     }
