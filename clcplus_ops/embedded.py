@@ -42,6 +42,8 @@ def write_embedded_config(home: Path, path: Path, overrides: dict | None = None)
         "synthetic": {"root": synthetic},
         "sentinel2": {"static_catalog": static_catalog_template(synthetic)},
         "recoding": {"rules": synthetic_rules_template(synthetic)},
+        # The embedded deployment's one user answers the expert reviews.
+        "training": {"reviewers": ["admin"]},
     }
     for key, value in (overrides or {}).items():
         data.setdefault(key, {}).update(value)

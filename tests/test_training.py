@@ -206,7 +206,8 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # Same code, smaller models: the one-tile world has about 60 samples.
 STAGES = {stage.name: stage for stage in (EXTRACT, AUDIT, REVIEW, EVALUATE, FINAL_FIT, REGISTER)}
 SMALL_TRAINING = {"epochs": 6, "label_audit_epochs": 4, "label_audit_rounds": 2, "conv_filters": 8, "dense_units": 16,
-                  "batch_size": 16, "patience_epochs": 3, "reviewers": ("expert",)}
+                  "batch_size": 16, "patience_epochs": 3,
+                  "reviewers": ("expert", "second expert")}
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +369,7 @@ def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(chain
     batches = len(load_sample_db(store, chain["locations"].sample_db).batch_ids)
     review_record = stage_record(config, REVIEW, target, store)
     with pytest.raises(TrainingError) as error:
-        run_stage(REVIEW, config, target, store=store, options={"choice": "decisions", "decisions_url": url})
+        run_stage(REVIEW, config, target, store=store, options={"reviewer": "expert", "choice": "decisions", "decisions_url": url})
     message = str(error.value)
     assert url in message and "nothing applied" in message
     if flagged:
@@ -379,12 +380,12 @@ def test_bad_decisions_are_refused_with_their_lines_and_nothing_is_applied(chain
     assert len(load_sample_db(store, chain["locations"].sample_db).batch_ids) == batches
     assert stage_record(config, REVIEW, target, store) == review_record  # the committed review stays as it was
     with pytest.raises(TrainingError, match="not one of"):
-        run_stage(REVIEW, config, target, store=store, options={"choice": "approve"})
+        run_stage(REVIEW, config, target, store=store, options={"reviewer": "expert", "choice": "approve"})
     with pytest.raises(TrainingError, match="needs the URL"):
-        run_stage(REVIEW, config, target, store=store, options={"choice": "decisions"})
+        run_stage(REVIEW, config, target, store=store, options={"reviewer": "expert", "choice": "decisions"})
     with pytest.raises(TrainingError, match="does not exist"):
         run_stage(REVIEW, config, target, store=store,
-                  options={"choice": "decisions", "decisions_url": chain["locations"].training(YEAR, PU).file("none.csv")})
+                  options={"reviewer": "expert", "choice": "decisions", "decisions_url": chain["locations"].training(YEAR, PU).file("none.csv")})
 
 
 def test_a_review_that_changes_labels_makes_the_evaluation_run_again(chain):
