@@ -288,8 +288,7 @@ class AirflowApi:
 def run_progress(api: AirflowApi, dag_id: str, run_id: str) -> dict:
     """A PU run's progress from its task instances: its state, the tiles filtered of those
     planned, the tasks running now, the elapsed time and, once some tiles are done, an estimate
-    of the time left (the tiles' rate, plus what the PU stages took in earlier runs is not known:
-    the estimate covers the tiles)."""
+    of the time left for the tiles at the run's pace so far (the PU stages after them are short)."""
     import datetime as dt
 
     run = api.dag_run(dag_id, run_id)

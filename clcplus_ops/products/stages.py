@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import tempfile
 import uuid
@@ -262,12 +263,10 @@ PRODUCT_METADATA = Stage(
 STAC_ROOT = "stac"
 
 
-def collection_id(layer: str, year: int) -> str:
-    return f"clms-clcplus-{layer}-{year}"
-
-
 def delivery_keys(year: int, code: str, name) -> dict[str, str]:
     """Published keys (under the delivery root) of one layer file and its companions."""
+    from clcplus_ops.products.catalogue import collection_id
+
     folder = f"{year}/{code.upper()}"
     stem = name.stem
     return {"data": f"{folder}/{stem}.tif", "attributes": f"{folder}/{stem}.tif.aux.xml",
@@ -406,8 +405,8 @@ def _check_compute(io: StageIO) -> dict:
         folder = Path(scratch)
         manifest = io.input("product_stac", "manifest").read_json()
         listed = {entry["name"]: entry for entry in manifest["files"]}
+        details = io.upstream("product_tile")
         for layer in LAYERS:
-            details = io.upstream("product_tile")
             stem = Path(details["files"][layer]).stem
             zipped = _local(io.input("product_stac", f"{layer}_zip"), folder, f"{stem}.zip")
             results = check_delivery_zip(zipped, metadata_check=metadata_problems, required=required, grid=grid,
@@ -478,7 +477,7 @@ def _publish_compute(io: StageIO) -> dict:
     names = _names(io.config, year, code, details["revision"])
     with tempfile.TemporaryDirectory(prefix="clcplus-publish-") as scratch:
         folder = Path(scratch)
-        files, counter = [], iter(range(10**6))
+        files, counter = [], itertools.count()
 
         def local(stage: str, name: str) -> Path:
             return _local(io.input(stage, name), folder, f"{next(counter):03d}")

@@ -72,7 +72,7 @@ def tiles_of_pu(config, layout: str, pu_id: str) -> tuple[str, ...]:
 
 
 def pus_of_tile(config, layout: str, code: str) -> tuple[str, ...]:
-    """The PUs a product tile waits for; InvalidIdError-like ValueError when no PU touches it."""
+    """The PUs a product tile waits for; ProductTileNotReady when no PU of the layout touches it."""
     pus = tile_index(config, layout)[1].get(code)
     if not pus:
         raise ProductTileNotReady(f"no production unit of the {layout} layout touches product tile {code}")
