@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -45,18 +47,18 @@ from clcplus_ops.config import Config
 from clcplus_ops.errors import PermanentError
 from clcplus_ops.geo.grid import Grid
 from clcplus_ops.geo.tiles import ProcessingTile
+from clcplus_ops.jit import numba
 from clcplus_ops.raster_io import gdal_env, gdal_path
-from clcplus_ops.sentinel2 import timeseries
+from clcplus_ops.sentinel2 import compositing, timeseries
 from clcplus_ops.sentinel2.bands import SCL
-from clcplus_ops.sentinel2.cloudmask import valid_observations
-from clcplus_ops.sentinel2.reading import read_nearest, retrying
+from clcplus_ops.sentinel2.cloudmask import clear_lookup
+from clcplus_ops.sentinel2.reading import NearestWindow, nearest_window, retrying
 from clcplus_ops.sentinel2.scenes import Scene, SceneSource, scene_source
 from clcplus_ops.stage import External, Resources, Stage, StageIO, blocks_with_progress
 from clcplus_ops.store import S3Settings
 
 log = logging.getLogger(__name__)
 
-_INT16 = np.iinfo(np.int16)
 T = TypeVar("T")
 
 
@@ -105,13 +107,36 @@ def group_by_date(scenes: Sequence[Scene], window_start: dt.date, own_square: st
 # Reading one block
 
 
-class OpenScenes:
-    """The open datasets of the scenes used for a tile (opened once, read block by block)."""
+@dataclass(frozen=True)
+class Raster:
+    """An open scene asset and what reading it needs (read once at opening)."""
 
-    def __init__(self, assets: Sequence[str], retries: int):
+    dataset: rasterio.DatasetReader
+    geometry: tuple  # (transform, width, height): shared by the assets of a resolution in a granule
+    fill: object  # outside the raster: its nodata, else 0
+
+
+class OpenScenes:
+    """The open datasets of the scenes used for a tile (opened once, read block by block).
+
+    With ``threads`` > 1, scenes are opened and a scene's bands read that many at a time: GDAL
+    opens, reads and decodes without the GIL, and remote files wait on the network. Results
+    are taken in order, so they do not depend on which finished first."""
+
+    def __init__(self, assets: Sequence[str], retries: int, threads: int = 1):
         self.assets, self.retries = tuple(assets), retries
-        self.datasets: dict[tuple[str, str], rasterio.DatasetReader] = {}
+        self.datasets: dict[tuple[str, str], Raster] = {}
         self.reads = 0
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ingest-read") if threads > 1 else None
+
+    def _map(self, fn: Callable, items: Sequence) -> list:
+        """``[fn(item) for item in items]``, on the threads; every call has ended when it returns
+        or raises (the first failure in order), so no read is left on a dataset about to close."""
+        if self._pool is None:
+            return [fn(item) for item in items]
+        futures = [self._pool.submit(fn, item) for item in items]
+        wait(futures)
+        return [future.result() for future in futures]
 
     def open(self, scene: Scene) -> None:
         """Open every needed asset of ``scene``, or raise SceneReadError (nothing stays open)."""
@@ -120,33 +145,79 @@ class OpenScenes:
             for asset in self.assets:
                 href = scene.assets[asset].href
                 dataset = retrying(lambda h=href: rasterio.open(gdal_path(h)), what=href, retries=self.retries)
-                opened[(scene.scene_id, asset)] = dataset
+                opened[(scene.scene_id, asset)] = Raster(
+                    dataset, (dataset.transform, dataset.width, dataset.height),
+                    dataset.nodata if dataset.nodata is not None else 0)
                 if dataset.crs is None or dataset.crs.to_epsg() != scene.epsg:
                     raise RasterioError(f"CRS {dataset.crs} differs from the item's EPSG:{scene.epsg}")
         except (RasterioError, OSError) as error:
-            for dataset in opened.values():
-                dataset.close()
+            for raster in opened.values():
+                raster.dataset.close()
             raise SceneReadError(scene, asset, error) from error
         self.datasets.update(opened)
 
-    def read(self, scene: Scene, asset: str, grid: Grid) -> np.ndarray | None:
-        dataset = self.datasets[(scene.scene_id, asset)]
+    def open_all(self, scenes: Sequence[Scene]) -> dict[str, SceneReadError]:
+        """Open the scenes; the failure of each scene that could not be opened, by scene id."""
+        def attempt(scene: Scene) -> SceneReadError | None:
+            try:
+                self.open(scene)
+            except SceneReadError as failure:
+                return failure
+            return None
+
+        outcomes = self._map(attempt, scenes)
+        return {scene.scene_id: failure for scene, failure in zip(scenes, outcomes) if failure is not None}
+
+    def read(self, scene: Scene, asset: str, block: BlockSources) -> compositing.SourceWindow | None:
+        """The asset's source window on the block; None if they do not overlap."""
         self.reads += 1
+        return self._read(scene, asset, block)
+
+    def read_all(self, scene: Scene, assets: Sequence[str], block: BlockSources) -> list[compositing.SourceWindow | None]:
+        """:meth:`read` of each asset; a failure raises the first failing asset's SceneReadError."""
+        self.reads += len(assets)
+        return self._map(lambda asset: self._read(scene, asset, block), assets)
+
+    def _read(self, scene: Scene, asset: str, block: BlockSources) -> compositing.SourceWindow | None:
+        raster = self.datasets[(scene.scene_id, asset)]
+        where = block.where(raster)
+        if where is None:
+            return None
         try:
-            return retrying(lambda: read_nearest(dataset, grid), what=f"{scene.scene_id} {asset}", retries=self.retries)
+            values = retrying(lambda: raster.dataset.read(1, window=where.window), what=f"{scene.scene_id} {asset}",
+                              retries=self.retries)
         except (RasterioError, OSError) as error:
             raise SceneReadError(scene, asset, error) from error
+        return compositing.SourceWindow(values, where.rows, where.cols, raster.fill)
 
     def close_scene(self, scene: Scene) -> None:
         for asset in self.assets:
-            dataset = self.datasets.pop((scene.scene_id, asset), None)
-            if dataset is not None:
-                dataset.close()
+            raster = self.datasets.pop((scene.scene_id, asset), None)
+            if raster is not None:
+                raster.dataset.close()
 
     def close(self) -> None:
-        for dataset in self.datasets.values():
-            dataset.close()
+        if self._pool:
+            self._pool.shutdown()
+        for raster in self.datasets.values():
+            raster.dataset.close()
         self.datasets.clear()
+
+
+class BlockSources:
+    """One block (or the given pixels of it) and where it lies in each raster geometry of the
+    scenes (the window to read, each block row's and column's index in it)."""
+
+    def __init__(self, grid: Grid, pixels: np.ndarray | None = None):
+        self.grid = grid
+        self.pixels = compositing.Pixels.of(grid.height, grid.width, pixels)
+        self._known: dict[tuple, NearestWindow | None] = {}
+
+    def where(self, raster: Raster) -> NearestWindow | None:
+        if raster.geometry not in self._known:
+            transform, width, height = raster.geometry
+            self._known[raster.geometry] = nearest_window(transform, width, height, self.grid, raster.dataset.name)
+        return self._known[raster.geometry]
 
 
 def read_block(
@@ -160,36 +231,27 @@ def read_block(
     """The valid observations of one block: ``obs`` int16 (dates, bands, pixels) reflectance x
     10 000, ``valid`` bool (dates, pixels), ``days`` (dates,). Dates without any valid pixel in
     the block are left out. ``pixels`` (flat indices into the block) keeps only those pixels,
-    which is how sample points are extracted with this same code."""
-    n_pix = grid.height * grid.width if pixels is None else len(pixels)
-
-    def pick(values: np.ndarray) -> np.ndarray:
-        return values.ravel() if pixels is None else values.ravel()[pixels]
-
+    which is how sample points are extracted with this same code. Rules: :mod:`compositing`."""
+    block = BlockSources(grid, pixels)
+    n_pix = block.pixels.count
+    clear = clear_lookup(masked_classes)
     obs = np.zeros((len(dates), len(bands), n_pix), dtype=np.int16)
     valid = np.zeros((len(dates), n_pix), dtype=bool)
     days = np.zeros(len(dates), dtype=np.float64)
+    new = np.empty(n_pix, dtype=bool)
     k = 0
     for date in dates:
         taken = valid[k]
         for scene in date.scenes:
-            scl = scenes.read(scene, SCL, grid)
-            if scl is None:
+            scl = scenes.read(scene, SCL, block)
+            if scl is None or not compositing.new_clear(scl, clear, block.pixels, taken, new):
                 continue
-            new = valid_observations(pick(scl), masked_classes) & ~taken
-            if not new.any():
-                continue
-            values = []
-            for band in bands:
-                asset = scene.assets[band]
-                dn = pick(scenes.read(scene, band, grid))
-                if asset.nodata is not None:
-                    new &= dn != asset.nodata
-                # reflectance x 10 000 = DN * scale * 10 000 + offset * 10 000 (exact for 1e-4)
-                values.append(np.rint(dn * (asset.scale * timeseries.SCALE) + asset.offset * timeseries.SCALE))
-            for b, value in enumerate(values):
-                obs[k, b, new] = np.clip(value[new], _INT16.min + 1, _INT16.max)
-            taken |= new
+            # Every band is read before any value is taken: a nodata in one drops the pixel.
+            windows = scenes.read_all(scene, bands, block)
+            assets = [scene.assets[band] for band in bands]
+            # reflectance x 10 000 = DN * scale * 10 000 + offset * 10 000 (exact for 1e-4)
+            compositing.composite(windows, [a.nodata for a in assets], [a.scale * timeseries.SCALE for a in assets],
+                                  [a.offset * timeseries.SCALE for a in assets], block.pixels, new, taken, obs[k])
         if taken.any():  # else nothing was written: the row is reused by the next date
             days[k] = date.day
             k += 1
@@ -232,6 +294,32 @@ def find_tile_scenes(
     return TileScenes(found=scenes, usable=[s for s in scenes if s.epsg == tile.epsg], other_crs=other_crs)
 
 
+# A block's window in a scene asset shares source tiles (256 px) with the next block's in its
+# row: GDAL's block cache keeps them decoded for it if it holds about one block's reads of all
+# scenes (some 6 MB per scene), whatever the tile size. A tile one block wide has nothing to
+# share. (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes.)
+GDAL_CACHE_BYTES = 1 << 30
+
+
+def reading_options(config: Config, tile: ProcessingTile) -> dict:
+    """GDAL settings of the scene reads (and the outputs' writes): the block cache above, and
+    decoding (compressing) a window's tiles on as many threads as the compiled kernels use."""
+    options = {"GDAL_NUM_THREADS": str(numba.get_num_threads())}
+    if tile.grid(config.grid.halo_px).width > config.time_series.block_px:
+        options["GDAL_CACHEMAX"] = GDAL_CACHE_BYTES
+    return options
+
+
+# Scenes opened, or a scene's bands read, at once. Only from the main thread: rasterio makes the
+# GDAL settings of an environment entered there (the store's credentials) process-wide; entered
+# on another thread, they are that thread's own.
+READ_THREADS = 8
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def compute_with_scenes(
     config: Config, s3: S3Settings, scenes: TileScenes, tile: ProcessingTile, window_start: dt.date, what: str,
     compute: Callable[[list[AcquisitionDate], OpenScenes], T],
@@ -241,19 +329,19 @@ def compute_with_scenes(
     without it, so every block is made from the same scenes. Returns (result, dates, reads)."""
     s2 = config.sentinel2
     usable, skipped = scenes.usable, scenes.skipped
-    opened = OpenScenes([*s2.bands, SCL], s2.read_retries)
+    opened = OpenScenes([*s2.bands, SCL], s2.read_retries, READ_THREADS if on_main_thread() else 1)
     try:
-        with gdal_env(s3):
-            for scene in list(usable):
+        with gdal_env(s3), rasterio.Env(**reading_options(config, tile)):
+            complete = [s for s in usable if all(a in s.assets for a in opened.assets)]
+            failures = opened.open_all(complete)
+            for scene in list(usable):  # skipped in the scenes' order, whichever opened first
                 missing = [a for a in opened.assets if a not in scene.assets]
                 if missing:
                     skipped.append({"scene_id": scene.scene_id, "asset": ",".join(missing), "href": None,
                                     "reason": "asset missing from the item"})
                     usable.remove(scene)
-                    continue
-                try:
-                    opened.open(scene)
-                except SceneReadError as failure:
+                elif scene.scene_id in failures:
+                    failure = failures[scene.scene_id]
                     skipped.append(failure.entry())
                     usable.remove(scene)
                     log.warning("%s: skipping scene %s: %s", tile.tile_id, scene.scene_id, failure)
@@ -378,7 +466,13 @@ def _compute(io: StageIO) -> dict:
 
 def _compute_tile(io: StageIO, grid: Grid, dates: Sequence[AcquisitionDate], scenes: OpenScenes,
                   step_days: np.ndarray, step_dates: Sequence[dt.date]) -> dict:
-    """Stream the tile block by block into the stage's output GeoTIFFs."""
+    """Stream the tile block by block into the stage's output GeoTIFFs.
+
+    Reading a block overlaps with interpolating and writing the previous one: the scenes are
+    read on this thread (inside its GDAL environment, with the store's credentials), the
+    previous block is interpolated and written on one worker thread. Blocks are written in the
+    same order as before, one at a time, so the files are the same bytes; at most two blocks are
+    in memory."""
     config = io.config
     s2 = config.sentinel2
     names = feature_names(config)
@@ -394,26 +488,39 @@ def _compute_tile(io: StageIO, grid: Grid, dates: Sequence[AcquisitionDate], sce
             writers[name] = writer
         counts_writer = stack.enter_context(io.raster("valid_obs", grid, 1, "uint16", None, "features"))
         counts_writer.update_tags(description="number of valid (cloud-free) Sentinel-2 observations")
-        for row, col, block in blocks_with_progress(grid, config.time_series.block_px, io.log, io.target.tile_id):
+
+        def compute_and_write(block: Grid, observations: list[np.ndarray]) -> None:
             t0 = time.perf_counter()
-            obs, valid, days = read_block(block, dates, scenes, s2.bands, s2.scl_masked_classes)
-            t1 = time.perf_counter()
+            obs, valid, days = observations
+            observations.clear()  # the only other reference: the observations go once interpolated
             features, counts = timeseries.interpolate(obs, valid, days, step_days, pairs)
             del obs, valid
-            t2 = time.perf_counter()
+            t1 = time.perf_counter()
             window = block.window_in(grid)
             shape = (len(step_days), block.height, block.width)
             for f, name in enumerate(names):
                 writers[name].write(features[f].reshape(shape), window=window)
             counts_writer.write(counts.reshape(1, block.height, block.width), window=window)
-            del features, counts  # before the next block's arrays are allocated
-            t3 = time.perf_counter()
-            stats["read_s"] += t1 - t0
-            stats["compute_s"] += t2 - t1
-            stats["write_s"] += t3 - t2
-            stats["max_dates_in_block"] = max(stats["max_dates_in_block"], len(days))
-            io.log.debug("block (%d, %d) %d x %d px: %d dates with valid pixels; read %.1f s, compute %.1f s, "
-                         "write %.1f s", row, col, block.height, block.width, len(days), t1 - t0, t2 - t1, t3 - t2)
+            stats["compute_s"] += t1 - t0
+            stats["write_s"] += time.perf_counter() - t1
+
+        # Leaving the executor waits for the block in hand, also when a read fails (the scene is
+        # then dropped and the tile recomputed), before the writers close.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as worker:
+            writing = None
+            for row, col, block in blocks_with_progress(grid, config.time_series.block_px, io.log, io.target.tile_id):
+                t0 = time.perf_counter()
+                obs, valid, days = read_block(block, dates, scenes, s2.bands, s2.scl_masked_classes)
+                stats["read_s"] += time.perf_counter() - t0
+                stats["max_dates_in_block"] = max(stats["max_dates_in_block"], len(days))
+                io.log.debug("block (%d, %d) %d x %d px: %d dates with valid pixels; read in %.1f s", row, col,
+                             block.height, block.width, len(days), time.perf_counter() - t0)
+                if writing is not None:
+                    writing.result()  # the previous block is written: its memory is free
+                writing = worker.submit(compute_and_write, block, [obs, valid, days])
+                del obs, valid, days
+            if writing is not None:
+                writing.result()
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -59,24 +60,46 @@ def _source_index(centres: np.ndarray, origin: float, step: float, size: int) ->
     return index, (index >= 0) & (index < size)
 
 
-def read_nearest(dataset, grid: Grid, band: int = 1) -> np.ndarray | None:
-    """The dataset's band on ``grid`` by nearest neighbour: each target pixel takes the source
-    pixel that contains its centre. Pixels outside the source get the nodata value (0 if none).
-    None when the grid and the dataset do not overlap (nothing is read)."""
-    src = dataset.transform
+@dataclass(frozen=True)
+class NearestWindow:
+    """Where a grid's pixels are in a source raster, by nearest neighbour: the source window
+    holding every source pixel the grid needs, and for each grid row (column) its row (column)
+    in that window, -1 where the grid pixel lies outside the source."""
+
+    window: Window
+    rows: np.ndarray  # int64 (grid.height,)
+    cols: np.ndarray  # int64 (grid.width,)
+
+
+def nearest_window(transform, width: int, height: int, grid: Grid, name: str = "") -> NearestWindow | None:
+    """The :class:`NearestWindow` of ``grid`` in a source raster of this transform and size
+    (each target pixel takes the source pixel that contains its centre); None when they do
+    not overlap."""
+    src = transform
     if src.b != 0 or src.d != 0:
-        raise ValueError(f"{dataset.name}: rotated rasters are not supported")
+        raise ValueError(f"{name}: rotated rasters are not supported")
     t = grid.transform
     xs = t.c + (np.arange(grid.width) + 0.5) * t.a
     ys = t.f + (np.arange(grid.height) + 0.5) * t.e
-    cols, col_ok = _source_index(xs, src.c, src.a, dataset.width)
-    rows, row_ok = _source_index(ys, src.f, src.e, dataset.height)
+    cols, col_ok = _source_index(xs, src.c, src.a, width)
+    rows, row_ok = _source_index(ys, src.f, src.e, height)
     if not col_ok.any() or not row_ok.any():
         return None
     c0, c1 = cols[col_ok].min(), cols[col_ok].max() + 1
     r0, r1 = rows[row_ok].min(), rows[row_ok].max() + 1
-    data = dataset.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+    return NearestWindow(Window(c0, r0, c1 - c0, r1 - r0), np.where(row_ok, rows - r0, -1), np.where(col_ok, cols - c0, -1))
+
+
+def read_nearest(dataset, grid: Grid, band: int = 1) -> np.ndarray | None:
+    """The dataset's band on ``grid`` by nearest neighbour: each target pixel takes the source
+    pixel that contains its centre. Pixels outside the source get the nodata value (0 if none).
+    None when the grid and the dataset do not overlap (nothing is read)."""
+    where = nearest_window(dataset.transform, dataset.width, dataset.height, grid, dataset.name)
+    if where is None:
+        return None
+    data = dataset.read(band, window=where.window)
     fill = dataset.nodata if dataset.nodata is not None else 0
     out = np.full((grid.height, grid.width), fill, dtype=data.dtype)
-    out[np.ix_(row_ok, col_ok)] = data[np.ix_(rows[row_ok] - r0, cols[col_ok] - c0)]
+    row_ok, col_ok = where.rows >= 0, where.cols >= 0
+    out[np.ix_(row_ok, col_ok)] = data[np.ix_(where.rows[row_ok], where.cols[col_ok])]
     return out
