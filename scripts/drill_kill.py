@@ -40,9 +40,10 @@ from pathlib import Path
 from clcplus_ops.config import load_config
 from clcplus_ops.locations import Locations
 from clcplus_ops.pipeline import STAGES
-from clcplus_ops.runner import read_record, stage_record, store_for, verify_files
+from clcplus_ops.runner import stage_record, store_for, verify_files
 from clcplus_ops.stage import Target
 from clcplus_ops.store import _TMP_PREFIX
+from clcplus_ops.store_audit import checksums, record_state, temporaries
 
 CLCPLUS = str(Path(sys.executable).with_name("clcplus"))
 
@@ -59,37 +60,8 @@ def run_cli(args, stage: str, force: bool = False) -> dict:
     return json.loads(result.stdout)
 
 
-def temporaries(folder: Path) -> tuple[int, int]:
-    """(entries, bytes) of temporaries under the tile folder (outermost entries only)."""
-    entries = size = 0
-    for path in folder.rglob(f"{_TMP_PREFIX}*"):
-        if any(part.startswith(_TMP_PREFIX) for part in path.relative_to(folder).parts[:-1]):
-            continue
-        entries += 1
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        size += sum(p.stat().st_size for p in files if p.exists())
-    return entries, size
-
-
 def staging_of(folder: Path, pid: int) -> bool:
     return any(folder.glob(f"{_TMP_PREFIX}{pid}@*@stage-*"))
-
-
-def state_of(store, locations: Locations, record_url: str, old: bytes | None) -> str:
-    try:
-        raw = store.read_bytes(record_url)
-    except FileNotFoundError:
-        return "no record"
-    record = read_record(store, record_url)
-    full = all(store.sha256(locations.resolve(loc)) == record.files[name]["sha256"]
-               for name, loc in record.outputs.items())
-    if verify_files(store, locations, record) or not full:
-        return "BROKEN"
-    return "old complete" if raw == old else "new complete"
-
-
-def checksums(record) -> dict[str, str]:
-    return {name: f["sha256"] for name, f in record.files.items()}
 
 
 def measure(args, stage: str, folder: Path, record: Path) -> tuple[float, float, float]:
@@ -175,7 +147,7 @@ def main() -> int:
             aim = "any" if trial % 2 else "commit"
             delay = rng.uniform(0.0, 1.1 * span_s if aim == "any" else 1.2 * commit_s)
             killed = kill_after(args, name, folder, record_path, delay, aim)
-            state = state_of(store, locations, record_url, old) if killed else "finished before the kill"
+            state = record_state(store, locations, record_url, old) if killed else "finished before the kill"
             tmp_before = temporaries(folder)
             summary = run_cli(args, name)  # not forced
             tmp_after = temporaries(folder)

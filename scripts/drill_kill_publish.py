@@ -14,7 +14,6 @@ The store must hold the tile's checked delivery (the demo makes it).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import subprocess
 import sys
@@ -24,13 +23,15 @@ from pathlib import Path
 
 import yaml
 
+from clcplus_ops.store import Store
+from clcplus_ops.store_audit import published_objects
+
 CLCPLUS = str(Path(sys.executable).with_name("clcplus"))
 
 
 def files_under(root: Path) -> dict[str, str]:
-    """key -> sha256 of the published objects under ``root`` (staging left out)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file() and "_staging" not in p.relative_to(root).parts}
+    """key -> sha256 of the objects published under ``root`` (staging left out)."""
+    return published_objects(Store(), root.as_uri())
 
 
 def trial_config(args, root: Path, name: str) -> Path:
