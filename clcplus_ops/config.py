@@ -629,6 +629,10 @@ class DrillsConfig(Section):
     """Fault injection for the operations drills (repair, retries). Empty in production."""
 
     faults: tuple[InjectedFault, ...] = ()
+    # Soaks and the scheduler benchmark: Airflow schedules the production DAGs as they are, but
+    # every stage task except plan_tiles (the fan-out) returns at once without reading or writing
+    # anything, and select_model selects no model. Off in production.
+    noop_stages: bool = False
 
 
 class DemoConfig(Section):

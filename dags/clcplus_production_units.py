@@ -17,7 +17,7 @@ model every tile of the run is classified with. Tasks only run stages
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, chain, task_group
+from airflow.sdk import DAG, chain, get_parsing_context, task_group
 from clcplus_airflow.production import MODEL_OPTION, dag_arguments, pu_doc, pu_params, select_model_task
 from clcplus_airflow.tasks import passed_self_check, planned_tile_ids, product_tiles_task, stage_task
 from clcplus_ops.config import Config, load_config
@@ -67,11 +67,16 @@ def build_pu_dag(config: Config, layout: str, unit: dict, tile_ids: list[str], t
 
 def _build_all() -> None:
     config = load_config()
+    # A task's process parses this file for its own DAG only: building all 140 would cost it
+    # seconds and hundreds of MB (Airflow names the DAG while a task's process parses).
+    wanted = get_parsing_context().dag_id
     for layout in config.airflow.layouts:
         path = config.layout_path(layout)
         grid = config.for_layout(layout).grid
         tiles = tile_index(path, grid)
         for unit in layout_index(path):
+            if wanted and wanted != f"clcplus_pu_{unit['pu_id']}":
+                continue
             dag = build_pu_dag(config, layout, unit, tiles[unit["pu_id"]], grid.tile_size_m / 1000)
             globals()[dag.dag_id] = dag
 

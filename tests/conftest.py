@@ -222,6 +222,19 @@ def shared_path(*parts: str) -> Path:
 FIGURES: list[str] = []
 
 
+# The modules that take longest (each a minute or more on two cores), longest first: the suite's
+# two xdist workers take whole modules in collection order (scripts/test.sh, --dist loadfile), so
+# starting with these leaves short modules to fill in at the end instead of a long one alone.
+HEAVY_MODULES = ("test_celery_deployment.py", "test_drills.py", "test_kill_drill.py", "test_training_dag.py",
+                 "test_dags.py", "test_embedded_airflow.py", "test_airflow_s3.py", "test_product_tiles.py",
+                 "test_dashboard.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_MODULES)))  # stable: others keep their order
+
+
 @pytest.fixture
 def figure():
     """Record a measured figure; all of them are printed at the end of the run."""

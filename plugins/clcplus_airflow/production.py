@@ -86,6 +86,8 @@ def select_model_task(layout: str, pu_id: str):
         version = context["params"]["model_version"]
         year = interval_year(context)
         config = load_config().for_layout(layout)
+        if config.drills.noop_stages:  # classify does not run: no model to select
+            return {MODEL_OPTION: version, "noop": True}
         try:
             selected = select_registered(config, pu_id, year, None if version == "latest" else version,
                                          task_store(config))

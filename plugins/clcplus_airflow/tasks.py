@@ -25,6 +25,8 @@ from clcplus_ops.store import Store
 log = logging.getLogger(__name__)
 
 TILE_SCOPES = ("tile", "sample_tile", "product_tile")
+# Stages that run for real under ``drills.noop_stages``: the tiles are mapped over the plan it commits.
+RUN_WHEN_NOOP = ("plan_tiles",)
 
 
 def interval_year(context: Mapping[str, Any]) -> int:
@@ -87,6 +89,9 @@ def stage_task(stage: Stage, layout: str, config: Config, *, pu_id: str | None =
         params = context["params"]
         run_config = load_config()
         target = Target(layout, year(context), pu_id, tile_id)
+        if run_config.drills.noop_stages and stage.name not in RUN_WHEN_NOOP:
+            log.warning("%s %s: not run (drills.noop_stages)", stage.name, target.describe())
+            return {"target": target.to_dict(), "noop": True}
         store = task_store(run_config.for_layout(layout))
         current = TaskRun(context, run_config.for_layout(layout), target, store)
         run_options = {name: params[name] for name in stage.options if name in params}
