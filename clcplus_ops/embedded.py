@@ -123,6 +123,8 @@ def server_env(env: dict[str, str], port: int, parallelism: int) -> dict[str, st
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
         AIRFLOW__API_AUTH__JWT_SECRET=secret,
         AIRFLOW__API__SECRET_KEY=secret,
+        # The LocalExecutor whose workers have imported the DAG files' modules (plugins folder).
+        AIRFLOW__CORE__EXECUTOR="clcplus_airflow.executors.LocalExecutor",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=users,
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(_passwords(home / "passwords.json", users)),
         AIRFLOW__CORE__PARALLELISM=str(parallelism),

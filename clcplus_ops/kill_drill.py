@@ -186,7 +186,10 @@ class Aims:
                     continue
             except FileNotFoundError:
                 continue
-            count = sum(1 for p in attempt.rglob("*") if p.is_file() and not p.name.startswith(_TMP_PREFIX))
+            try:
+                count = sum(1 for p in attempt.rglob("*") if p.is_file() and not p.name.startswith(_TMP_PREFIX))
+            except FileNotFoundError:  # the publication removed its staging meanwhile: done with it
+                continue
             if count:
                 return f"publishing: {count} object(s) staged"
         return None
@@ -430,9 +433,10 @@ def drill_env(home: Path, repo: Path, config_path: Path, parallelism: int) -> di
 
 
 @contextlib.contextmanager
-def deployment(env: dict[str, str], log_dir: Path, dag_ids: Sequence[str]):
-    """Airflow's database migrated, its services started (stopped on leaving) and ``dag_ids``
-    parsed: yields the services and their REST API (as ``admin``)."""
+def deployment(env: dict[str, str], log_dir: Path, dag_ids: Sequence[str], pools: dict[str, int] | None = None):
+    """Airflow's database migrated, its services started (stopped on leaving), ``pools`` (name ->
+    slots) created, as the demo creates classify's, and ``dag_ids`` parsed: yields the services
+    and their REST API (as ``admin``)."""
     import subprocess
     import sys
 
@@ -442,6 +446,8 @@ def deployment(env: dict[str, str], log_dir: Path, dag_ids: Sequence[str]):
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     with AirflowServices(env, airflow, log_dir) as services:
         api = AirflowApi(services.url, "admin", services.password)
+        for name, slots in (pools or {}).items():
+            api.post("/api/v2/pools", {"name": name, "slots": slots, "description": "made by the drill"})
         api.wait_for_dags(dag_ids, timeout_s=300)
         yield services, api
 

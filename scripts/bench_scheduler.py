@@ -1,6 +1,8 @@
 """Scheduler overhead per mapped tile task on the Celery deployment (issue 15's target: queued ->
-running, median <= 1 s with 100 tiles in flight), with the embedded deployment (LocalExecutor,
-SQLite) measured in the same run as the baseline.
+running, median <= 1 s with 100 tiles in flight), with a baseline measured in the same run: the
+same deployment with the task processes at the workers' own priority, as Airflow leaves them
+(``--baseline priority``, the default; see ``distributed.TASK_NICENESS``), or the embedded
+deployment (``--baseline embedded``: LocalExecutor, SQLite).
 
 A production PU of the 138-PU layout runs its production DAG, as the deployments make it, under
 ``drills.noop_stages``: plan_tiles plans the PU's tiles for real, every other stage task returns at
@@ -17,13 +19,14 @@ at one moment, tile tasks per second over the run, and the peak memory (PSS) of 
 processes, task processes included.
 
     .venv/bin/python scripts/bench_scheduler.py                       # PU004, all 103 tiles, both
-    .venv/bin/python scripts/bench_scheduler.py --tiles 20 --no-baseline
+    .venv/bin/python scripts/bench_scheduler.py --tiles 20 --baseline none
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import signal
 import statistics
@@ -156,9 +159,10 @@ def _patiently(call, otherwise, tries: int = 1):
 
 
 def run_pu(kind: str, home: Path, pu_id: str, tiles: int | None, slots: int, timeout_s: float = 1800,
-           log=print) -> dict:
-    """Start the deployment ``kind`` (``celery`` or ``embedded``) under ``home``, run ``pu_id``'s
-    DAG (its first ``tiles`` tiles, all when None) to the end, stop it; the figures."""
+           log=print, extra_env: dict[str, str] | None = None, label: str | None = None) -> dict:
+    """Start the deployment ``kind`` (``celery`` or ``embedded``, with ``extra_env``) under
+    ``home``, run ``pu_id``'s DAG (its first ``tiles`` tiles, all when None) to the end, stop it;
+    the figures."""
     import subprocess
 
     home.mkdir(parents=True, exist_ok=True)
@@ -168,7 +172,7 @@ def run_pu(kind: str, home: Path, pu_id: str, tiles: int | None, slots: int, tim
     # The DAG file does not change during the run: the DAG processor parses its 138 production
     # DAGs once (several seconds of CPU, every 30 s by default, on a machine of two cores).
     env.update(AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="600",
-               AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT="300")
+               AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT="300", **(extra_env or {}))
     backends = None
     if kind == "celery":
         unique = uuid.uuid4().hex[:12]
@@ -224,10 +228,12 @@ def run_pu(kind: str, home: Path, pu_id: str, tiles: int | None, slots: int, tim
     if left:
         raise SystemExit(f"bench_scheduler: processes {left} of the {kind} deployment outlived its stop")
     figures = overhead(tis)
+    # Every task instance's times, for a closer look (the deployment's folder stays with --keep).
+    (home / "task_instances.json").write_text(json.dumps(tis, indent=1))
     figures.update(run_s=seconds, peak_pss_gb=memory.peak_bytes / 2**30, slots=slots, load=os.getloadavg()[0],
                    cpu_per_task_s=sum(cpu.values()) / max(1, figures["tasks"]),
                    cpu_s={name: round(used) for name, used in cpu.items()})
-    log(f"{kind}: {describe(figures)}")
+    log(f"{label or kind}: {describe(figures)}")
     return figures
 
 
@@ -250,7 +256,10 @@ def main(argv=None) -> int:
     # The embedded deployment's task processes import the library each (its LocalExecutor workers
     # preload nothing): some 300 MB each, so 100 of them do not fit this machine's memory.
     parser.add_argument("--baseline-slots", type=int, default=16, help="the embedded deployment's parallelism")
-    parser.add_argument("--no-baseline", action="store_true", help="only the Celery deployment")
+    parser.add_argument("--baseline", choices=["priority", "embedded", "none"], default="priority",
+                        help="priority (default): the same Celery deployment with the task processes at the "
+                             "workers' own priority (CLCPLUS_TASK_NICENESS=0, as Airflow leaves them); "
+                             "embedded: the embedded deployment (LocalExecutor, SQLite); none")
     parser.add_argument("--keep", type=Path, default=None, help="keep the deployments' folders here")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a run may take")
     args = parser.parse_args(argv)
@@ -261,16 +270,20 @@ def main(argv=None) -> int:
     print(f"bench_scheduler: {args.pu}, {'all' if args.tiles is None else args.tiles} tiles, no-op stages; "
           f"folders under {root}", flush=True)
     results = {"celery": run_pu("celery", root / "celery", args.pu, args.tiles, args.slots, args.timeout)}
-    if not args.no_baseline:
-        results["embedded"] = run_pu("embedded", root / "embedded", args.pu, args.tiles, args.baseline_slots,
-                                     args.timeout)
+    if args.baseline == "priority":
+        results[args.baseline] = run_pu("celery", root / "celery-priority", args.pu, args.tiles, args.slots,
+                                        args.timeout, extra_env={distributed.TASK_NICENESS_ENV: "0"},
+                                        label="celery, task processes at the workers' priority (baseline)")
+    elif args.baseline == "embedded":
+        results[args.baseline] = run_pu("embedded", root / "embedded", args.pu, args.tiles, args.baseline_slots,
+                                        args.timeout, label="embedded, LocalExecutor (baseline)")
     celery = results["celery"]["queued_to_running"]["median"]
     verdict = "meets" if celery <= 1.0 else "misses"
     print(f"target: queued->running median {celery:.2f} s on the Celery deployment with "
           f"{results['celery']['max_in_flight']} tile tasks in flight: {verdict} the target (<= 1 s)")
-    if "embedded" in results:
-        base = results["embedded"]
-        print(f"ratio Celery / embedded: queued->running median "
+    if args.baseline != "none":
+        base = results[args.baseline]
+        print(f"ratio Celery / {args.baseline} baseline: queued->running median "
               f"{celery / base['queued_to_running']['median']:.2f} x, tile tasks per second "
               f"{results['celery']['tasks_per_s'] / base['tasks_per_s']:.2f} x")
     return 0

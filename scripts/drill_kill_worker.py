@@ -126,7 +126,10 @@ def main() -> int:
     env = drill_env(home, REPO, drill_path, args.parallelism)
     env.setdefault("PYTHONWARNINGS", "ignore")
     verdict = True
-    with deployment(env, home / "services", [f"clcplus_pu_{pu}" for pu in PUS]) as (services, api):
+    # classify's pool when the configuration names one (the demo's: `gpu`, one slot).
+    pool = config.inference.airflow_pool
+    pools = {} if pool == "default_pool" else {pool: 1}
+    with deployment(env, home / "services", [f"clcplus_pu_{pu}" for pu in PUS], pools) as (services, api):
         print(f"embedded Airflow up ({services.url}), LocalExecutor, parallelism {args.parallelism}; triggering "
               f"{', '.join(PUS)} for {args.year} at once")
         runs = {f"clcplus_pu_{pu}": api.trigger(f"clcplus_pu_{pu}", f"{args.year + 1}-04-01T00:00:00Z",

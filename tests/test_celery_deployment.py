@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from clcplus_ops.config import CONFIG_ENV, load_config
-from clcplus_ops.distributed import (Backends, celery_env, components, create_database, delete_broker_keys,
-                                     drop_database, session_processes)
+from clcplus_ops.distributed import (TASK_NICENESS, Backends, celery_env, components, create_database,
+                                     delete_broker_keys, drop_database, session_processes)
 from clcplus_ops.embedded import AirflowApi, AirflowServices, airflow_env, free_port, server_env
 from clcplus_ops.pipeline import PLAN_TILES, PU_BLEND, PU_JOIN, TILE_STAGES
 from clcplus_ops.runner import run_stage, stage_record
@@ -66,6 +66,41 @@ def backends():
         delete_broker_keys(owned)
 
 
+class _TaskPriorities:
+    """The niceness of the deployment's task runners (titled ``airflow worker -- <task instance
+    id>``) and of their parents, the pool processes supervising them, by process id: sampled
+    every 0.2 s while in the ``with``."""
+
+    def __init__(self, sessions):
+        import threading
+
+        self.sessions, self.tasks, self.supervisors = list(sessions), {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            for pid in session_processes(self.sessions):
+                try:
+                    process = psutil.Process(pid)
+                    if not " ".join(process.cmdline()).startswith("airflow worker -- "):
+                        continue
+                    self.tasks[pid], parent = process.nice(), process.parent()
+                    self.supervisors[parent.pid] = parent.nice()
+                except psutil.Error:  # ended meanwhile
+                    continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _listening(pids) -> set[tuple[str, int]]:
     import psutil
 
@@ -104,7 +139,12 @@ def test_a_pu_runs_on_celery_workers_with_postgresql_and_redis(tmp_path, backend
             run = api.trigger(DAG, "2026-04-01T00:00:00Z", options)
             # Meanwhile the same stages in process (the embedded way), into another store.
             reference = background.submit(_in_process, config_path, tmp_path / "in-process", tiles, options)
-            assert api.wait_for_run(DAG, run, timeout_s=900) == "success"
+            with _TaskPriorities(sessions.values()) as priorities:
+                assert api.wait_for_run(DAG, run, timeout_s=900) == "success"
+            # The task runners run below the pool processes that start and supervise them
+            # (distributed.TASK_NICENESS); those keep the workers' priority.
+            assert priorities.tasks and set(priorities.tasks.values()) == {TASK_NICENESS}, priorities.tasks
+            assert set(priorities.supervisors.values()) == {0}, priorities.supervisors
             seconds = time.perf_counter() - started
             tis = api.task_instances(DAG, run)
             celery = _records(config_path, tiles)
