@@ -1,7 +1,7 @@
 """Scheduler overhead per mapped tile task on the Celery deployment (issue 15's target: queued ->
 running, median <= 1 s with 100 tiles in flight), with a baseline measured in the same run: the
 same deployment with the task processes at the workers' own priority, as Airflow leaves them
-(``--baseline priority``, the default; see ``distributed.TASK_NICENESS``), or the embedded
+(``--baseline priority``, the default; see ``clcplus_airflow.celery_settings.TASK_NICENESS``), or the embedded
 deployment (``--baseline embedded``: LocalExecutor, SQLite).
 
 A production PU of the 138-PU layout runs its production DAG, as the deployments make it, under
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     results = {"celery": run_pu("celery", root / "celery", args.pu, args.tiles, args.slots, args.timeout)}
     if args.baseline == "priority":
         results[args.baseline] = run_pu("celery", root / "celery-priority", args.pu, args.tiles, args.slots,
-                                        args.timeout, extra_env={distributed.TASK_NICENESS_ENV: "0"},
+                                        args.timeout, extra_env={"CLCPLUS_TASK_NICENESS": "0"},
                                         label="celery, task processes at the workers' priority (baseline)")
     elif args.baseline == "embedded":
         results[args.baseline] = run_pu("embedded", root / "embedded", args.pu, args.tiles, args.baseline_slots,

@@ -23,12 +23,13 @@ import pytest
 import yaml
 
 from clcplus_ops.config import CONFIG_ENV, load_config
-from clcplus_ops.distributed import (TASK_NICENESS, Backends, celery_env, components, create_database,
+from clcplus_ops.distributed import (Backends, celery_env, components, create_database,
                                      delete_broker_keys, drop_database, session_processes)
 from clcplus_ops.embedded import AirflowApi, AirflowServices, airflow_env, free_port, server_env
 from clcplus_ops.pipeline import PLAN_TILES, PU_BLEND, PU_JOIN, TILE_STAGES
 from clcplus_ops.runner import run_stage, stage_record
 from clcplus_ops.stage import Target
+from clcplus_airflow.celery_settings import TASK_NICENESS
 from conftest import REPO
 
 DAG = "clcplus_pu_DEMO1"
@@ -142,7 +143,7 @@ def test_a_pu_runs_on_celery_workers_with_postgresql_and_redis(tmp_path, backend
             with _TaskPriorities(sessions.values()) as priorities:
                 assert api.wait_for_run(DAG, run, timeout_s=900) == "success"
             # The task runners run below the pool processes that start and supervise them
-            # (distributed.TASK_NICENESS); those keep the workers' priority.
+            # (celery_settings.TASK_NICENESS); those keep the workers' priority.
             assert priorities.tasks and set(priorities.tasks.values()) == {TASK_NICENESS}, priorities.tasks
             assert set(priorities.supervisors.values()) == {0}, priorities.supervisors
             seconds = time.perf_counter() - started
