@@ -14,8 +14,10 @@ and named through the REST API's task instances. A moment aims at
 * ``upload``: its publication's staging prefix holds staged objects (uploading, verifying or
   promoting, milliseconds as well);
 
-and fires at the first moment, its delay after the aim first held, when the aim holds. Moments
-whose process ended first wait for the next process of their task.
+and fires at the first moment, its delay after the aim first held, when the aim holds. Commit
+and upload moments are armed before their aim holds (a commit once the stage writes, an upload
+as soon as the task's process runs) and then watched every millisecond. Moments whose process
+ended first wait for the next process of their task.
 After each kill the store is audited (:mod:`clcplus_ops.store_audit`). Airflow retries the
 killed task. :func:`clean_run` makes the same production without Airflow, stage by stage, in
 another store: the bytes every kill must leave complete or absent, and the run must end with.
@@ -30,7 +32,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clcplus_ops.store import _TMP_PREFIX
@@ -40,7 +42,9 @@ AIMS = ("read", "write", "commit", "upload")
 TASK_TITLE = "airflow worker -- "  # the task runner's process title, then its task instance id
 WORKER_TITLE = "airflow worker -- LocalExecutor"  # the executor's workers (task supervisors)
 HOT_AIMS = ("commit", "upload")  # they last milliseconds: watched every hot_poll_s
-ARMED_BY = {"commit": "write"}  # a commit moment is armed once the stage writes its staged outputs
+# A commit moment is armed once the stage writes its staged outputs, an upload moment as soon as
+# the task's process is seen: polled every poll_s under load, a short aim would slip by unseen.
+ARMED_BY = {"commit": "write", "upload": "start"}
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,23 @@ class Moment:
         return f"{self.task} {self.aim} +{self.delay_s:.2f} s"
 
 
+# The share of a stage's duration a write moment's delay is drawn from: many stages write their
+# outputs in a short last part of their run (a product tile's STAC files in milliseconds).
+WRITE_SHARE = 0.25
+
+
 def schedule(seed: int, plan: Sequence[tuple[str, int, Sequence[str]]], windows: dict[str, float]) -> list[Moment]:
     """Moments drawn with ``seed``: for each (aim, count, candidate tasks) of ``plan``, ``count``
     moments on tasks drawn from the candidates, each delayed by uniform(0, window) where the
-    window is ``windows[task]`` (read and write: a share of the stage's duration), 0 for a
-    commit (it lasts milliseconds) and 50 ms for an upload."""
+    window is ``windows[task]`` for a read (a share of the stage's duration), WRITE_SHARE of it
+    for a write, 0 for a commit (it lasts milliseconds) and 50 ms for an upload."""
     rng = random.Random(seed)
     out = []
     for aim, count, tasks in plan:
         for _ in range(count):
             task = rng.choice(list(tasks))
             window = {"commit": 0.0, "upload": 0.05}.get(aim, windows.get(task, 1.0))
+            window *= WRITE_SHARE if aim == "write" else 1.0
             out.append(Moment(task, aim, round(rng.uniform(0.0, window), 3)))
     rng.shuffle(out)
     return out
@@ -132,7 +142,9 @@ class Watched:
     pid: int
     ti: dict
     moment: Moment
-    armed: float  # time.monotonic() when the aim first held
+    armed: float  # time.monotonic() when the moment was armed on it
+    since: float | None = None  # when its aim first held (the delay counts from there)
+    last: float | None = None  # when its aim was last seen holding
     staging: Path | None = None  # its staging folder, once seen
     staged: int = 0  # most files seen in it
     label: str | None = None  # its tile id or product tile code (mapped tasks)
@@ -153,6 +165,8 @@ class Aims:
             return self._committing(watched)  # polled every millisecond: its staging folder only
         if aim == "upload":
             return self._publishing(watched)
+        if aim == "start":
+            return "running"
         files = files()
         staged = [p for p, mode in files if _TMP_PREFIX in p and mode != "r"]
         if staged and watched.staging is None:
@@ -340,7 +354,15 @@ class KillDrill:
                     raise TimeoutError(f"runs not done after {timeout_s:.0f} s: {states}")
             processes = task_processes(self.scheduler_pid, self._workers) if scan else {}
             for pid in [p for p in watched if (scan and p not in processes) or gone(p)]:
-                self.pending.insert(0, watched.pop(pid).moment)  # ended before its delay: wait for another
+                # Ended before its delay: the moment waits for the task's next process, its delay
+                # cut to half the time its aim was seen to hold (a stage writes its outputs in a
+                # short last share of its run).
+                ended = watched.pop(pid)
+                moment = ended.moment
+                if ended.since is not None:
+                    held = (ended.last or ended.since) - ended.since
+                    moment = replace(moment, delay_s=round(min(moment.delay_s, 0.5 * held), 3))
+                self.pending.insert(0, moment)
                 slipped += 1
             for pid, ti_id in processes.items():
                 if not self.pending:
@@ -370,7 +392,11 @@ class KillDrill:
                 if not scan and watch.moment.aim not in HOT_AIMS:
                     continue
                 doing = self.aims.holds(watch.moment.aim, watch, lambda pid=pid: open_files(pid))
-                if doing is None or now - watch.armed < watch.moment.delay_s:
+                if doing is None:
+                    continue
+                watch.since = now if watch.since is None else watch.since
+                watch.last = now
+                if now - watch.since < watch.moment.delay_s:
                     continue
                 kills.append(self._kill(watch, doing, began))
                 if self.on_kill:

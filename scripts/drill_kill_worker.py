@@ -153,7 +153,8 @@ def main() -> int:
                         if ti["state"] == "success")
     final = drill.audit()
     different = differences(final, reference)
-    # A publication killed mid-upload leaves its attempt's staging prefix (never at final keys).
+    # A publication killed mid-upload leaves its attempt's staging prefix (never at final keys);
+    # the next attempt removes it.
     staging = Path(Locations(config).delivery[len("file://"):]) / "_staging"
     stale = [p for p in staging.rglob("*") if p.is_file()] if staging.is_dir() else []
     logs = deployment_logs(env, services.log_dir)
@@ -171,7 +172,10 @@ def main() -> int:
           f"({final.temporaries[1] / 1e6:.1f} MB), {len(stale)} files of killed publications' staging; "
           + ("byte-identical to the clean run" if not different else f"DIFFERS: {'; '.join(different[:10])}"))
     print(f"credentials: none of {len(secrets_of)} secrets ({', '.join(sorted(secrets_of))}) in {checked} log files")
-    verdict &= set(result.states.values()) <= expected and not different and len(result.kills) > 0
+    # Every moment fired, the runs ended as the clean run did with its bytes, and nothing of the
+    # killed attempts is left (temporaries, publications' staging).
+    verdict &= set(result.states.values()) <= expected and not different and len(result.kills) > 0 \
+        and not result.missed and final.temporaries[0] == 0 and not stale
     print("verdict: " + ("PASS" if verdict else "FAIL"))
     return 0 if verdict else 1
 

@@ -362,6 +362,34 @@ def test_publishing_to_s3_stages_verifies_and_promotes(tmp_path, s3_server, s3_b
     assert store.checksum(published[0].url)[1] == published[0].sha256
 
 
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_an_attempt_killed_midway_leaves_staging_the_next_attempt_removes(tmp_path, scheme, request):
+    """kill -9 skips the attempt's own clean-up: its staged objects (and, on a filesystem, the
+    temporary of the file it was writing) stay under its staging prefix until the next attempt
+    of the same publication removes them; other publications' staging is left alone."""
+    from clcplus_ops.store import S3Settings, Store
+
+    if scheme == "s3":
+        server = request.getfixturevalue("s3_server")
+        store = Store(S3Settings(endpoint_url=server, access_key_id="testing", secret_access_key="testing"))
+        root = f"{request.getfixturevalue('s3_bucket')}/delivery-killed"
+    else:
+        store, root = Store(), (tmp_path / "delivery").as_uri()
+    files = _files(tmp_path)
+    killed = f"{root}/_staging/2025-e45n33-R00-0123456789ab"
+    store.write_bytes(f"{killed}/2025/E45N33/file0.bin", b"staged by the killed attempt")
+    other = f"{root}/_staging/2025-e45n34-R00-ba9876543210/2025/E45N34/file0.bin"
+    store.write_bytes(other, b"another tile, publishing now")
+    if scheme == "file":
+        (Path(killed[len("file://"):]) / "2025" / "E45N33" / ".clcplus-tmp-1@host@file1.bin").write_bytes(b"half")
+    published = publishing.publish(store, files, root, token="2025-e45n33-R00-feedfacecafe", stale="2025-e45n33-R00-")
+    assert all(p.new for p in published)
+    assert store.list(f"{root}/_staging") == [other]
+    if scheme == "file":
+        assert sorted(p.name for p in Path(f"{root}/_staging"[len("file://"):]).iterdir()) == [
+            "2025-e45n34-R00-ba9876543210"]
+
+
 def test_two_publishers_of_the_same_shared_object_both_succeed(tmp_path, s3_server, s3_bucket, monkeypatch):
     """Two tiles published at once share their STAC collections: whichever promotes a shared
     object second finds the same bytes there and goes on; other bytes would be a conflict."""
@@ -439,11 +467,12 @@ def test_the_publish_stage_puts_a_tile_on_the_s3_server(world, s3_server, s3_buc
     receipt = json.loads(Path(Locations(on_s3.for_layout("demo")).resolve(
         stage_record(on_s3, PRODUCT_PUBLISH, target).outputs["receipt"])[len("file://"):]).read_text())
     local = Path(Locations(config.for_layout("demo")).delivery[len("file://"):])
+    assert sorted(receipt) == ["files"] and len(receipt["files"]) == summary["published"]
     for entry in receipt["files"]:
-        assert entry["url"] == f"{root}/{entry['key']}"
+        url = f"{root}/{entry['key']}"
         # The same bytes as the tile's delivery in the local store, with S3's own SHA-256.
-        assert store.checksum(entry["url"]) == (entry["size"], entry["sha256"])
-        assert store.read_bytes(entry["url"]) == (local / entry["key"]).read_bytes()
+        assert store.checksum(url) == (entry["size"], entry["sha256"])
+        assert store.read_bytes(url) == (local / entry["key"]).read_bytes()
     assert store.list(f"{root}/_staging") == []
     # Forced again: the same bytes, nothing new.
     assert run_stage(PRODUCT_PUBLISH, on_s3, target, force=True)["new"] == 0

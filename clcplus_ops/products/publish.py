@@ -14,7 +14,9 @@ production, ``file://`` for the embedded demo):
    on S3, a hard link on a filesystem; neither overwrites), in the order given (data first, the
    manifest, which lists everything, last), each verified again;
 4. a failure in 2 or 3 removes what this attempt promoted, so nothing of it stays visible at
-   final keys; the staging prefix is removed in every case.
+   final keys; the staging prefix is removed in every case. An attempt killed outright leaves
+   its staging prefix behind: the next attempt of the same publication (``stale``: the tokens'
+   common beginning) removes it first.
 
 Publishing the same bytes again finds every key published and does nothing.
 """
@@ -78,12 +80,36 @@ def _verify(store: Store, url: str, size: int, sha: str, what: str) -> None:
                                        f"expected {size} bytes, sha256 {sha}")
 
 
-def publish(store: Store, files: Sequence[Deliverable], root: str, token: str | None = None) -> list[Published]:
+def _remove_stale_staging(store: Store, root: str, stale: str, token: str | None) -> None:
+    """Remove the staging prefixes of earlier attempts whose token begins with ``stale``."""
+    folder = join(root, STAGING)
+    if folder.startswith("file://"):
+        base = Path(folder[len("file://"):])
+        attempts = [p for p in base.iterdir() if p.name.startswith(stale) and p.name != token] if base.is_dir() else []
+        for attempt in attempts:  # temporaries of a write killed mid-file included
+            shutil.rmtree(attempt, ignore_errors=True)
+        if attempts:
+            log.info("publish: removed the staging of %d earlier attempt(s): %s", len(attempts),
+                     ", ".join(p.name for p in attempts))
+        return
+    urls = [u for u in store.list(folder)
+            if u[len(folder) + 1:].split("/", 1)[0].startswith(stale) and u[len(folder) + 1:].split("/", 1)[0] != token]
+    for url in urls:
+        store.delete(url)
+    if urls:
+        log.info("publish: removed %d staged object(s) of earlier attempts under %s", len(urls), folder)
+
+
+def publish(store: Store, files: Sequence[Deliverable], root: str, token: str | None = None,
+            stale: str | None = None) -> list[Published]:
     """Publish ``files`` under ``root`` (see the module documentation); returns one entry per
-    file, in order."""
+    file, in order. ``stale``: the beginning of the tokens of earlier attempts of this
+    publication, whose staging is removed first."""
     keys = [f.key for f in files]
     if len(set(keys)) != len(keys):
         raise ValueError(f"keys given twice: {sorted({k for k in keys if keys.count(k) > 1})}")
+    if stale:
+        _remove_stale_staging(store, root, stale, token)
     entries = [(f, join(root, f.key), f.path.stat().st_size, sha256_file(f.path)) for f in files]
     # 1. What is there already.
     todo, out = [], {}

@@ -493,9 +493,13 @@ def _publish_compute(io: StageIO) -> dict:
                       Deliverable(local("product_stac", f"{layer}_collection"), keys["collection"]),
                       Deliverable(local("product_stac", f"{layer}_item"), keys["item"])]
         files.append(Deliverable(local("product_stac", "manifest"), manifest_key(year, code, names["ras"])))
+        attempt = f"{year}-{code}-R{details['revision']:02d}-"  # this tile revision's publication
         published = publish(io.external["store"], files, io.external["root"],
-                            token=f"{year}-{code}-R{details['revision']:02d}-{uuid.uuid4().hex[:12]}")
-    io.write_json("receipt", {"root": io.external["root"], "files": [p.to_dict() for p in published]})
+                            token=f"{attempt}{uuid.uuid4().hex[:12]}", stale=attempt)
+    # The receipt lists what the publication is (keys under the root, sizes, SHA-256), not how
+    # this attempt went: a retry after a kill mid-upload, or a publication into another root,
+    # writes the same bytes. The root and the count of new objects are in the record's summary.
+    io.write_json("receipt", {"files": [{"key": p.key, "size": p.size, "sha256": p.sha256} for p in published]})
     new = sum(p.new for p in published)
     io.log.info("%s %d R%02d: %d files published under %s (%d new, %d already there)", code, year,
                 details["revision"], len(published), io.external["root"], new, len(published) - new)
