@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -143,8 +144,6 @@ def _tile_command(name: str):
         stages, target, options = _pipeline().STAGES, _target(args, args.tile_id), {}
         if getattr(args, "model_version", None):
             options["model_version"] = _model_version(args.model_version)
-        if name == "ingest":  # the tile's definition first (skipped when current), as the DAG runs it
-            run_stage(stages["define_tile"], _config(args), target)
         _print_summary(_run(args, stages[name], target, options))
         return 0
 
@@ -180,6 +179,7 @@ def _parse_option(text: str) -> tuple[str, object]:
 def cmd_run(args) -> int:
     """Any declared stage for one target (iota2-style: every step re-runnable by hand)."""
     from clcplus_ops.errors import ClcplusError
+    from clcplus_ops.stage import TILE_SCOPES, Target
 
     stages = _pipeline().STAGES
     if args.stage not in stages:
@@ -192,13 +192,12 @@ def cmd_run(args) -> int:
         raise ClcplusError(f"stage {stage.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
     if "model_version" in options and options["model_version"] is not None:
         options["model_version"] = _model_version(str(options["model_version"]))
-    if stage.scope in ("tile", "sample_tile", "product_tile") and not args.tile_id:
+    if stage.scope in TILE_SCOPES and not args.tile_id:
         raise ClcplusError(f"stage {stage.name} runs for a tile: give PU YEAR TILE (a product tile: its code, e.g. "
                            "e44n36, after the PU whose run makes it)")
     if stage.scope in ("pu", "training") and args.tile_id:
         raise ClcplusError(f"stage {stage.name} runs for a production unit, not a tile: give PU YEAR")
     pu_id = None if stage.scope == "sample_tile" else args.pu_id  # a tile's samples belong to no PU
-    from clcplus_ops.stage import Target
 
     _print_summary(_run(args, stage, Target(args.layout, args.year, pu_id, args.tile_id), options))
     return 0
@@ -325,6 +324,56 @@ def cmd_models(args) -> int:
     model = registry.resolve_model(store, models, pu_id, version)
     # The card as registered (MODEL_CARD.md is this rendering of model_card.json).
     print(registry.render_model_card(model.card, url=model.url))
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    """The cost of a whole production from the rates the benchmarks measured here."""
+    from clcplus_ops import estimate as cost
+
+    config = _config(args)
+    rates = cost.read_rates(Path(args.rates))
+    counts = cost.layout_counts(config, args.layout)
+    costs = cost.estimate(counts, rates)
+    print(f"estimate: the {args.layout} layout: {counts.pus} PUs, {counts.pu_tiles:,} PU-tiles of "
+          f"{counts.tile_mpx:.2f} Mpx (tile plus halo), {counts.distinct_tiles:,} distinct tiles (ingested once), "
+          f"{counts.pu_grid_mpx / 1e3:,.1f} Gpx of PU product grids, {counts.product_tiles} product tiles of 100 km")
+    print(f"estimate: rates from {Path(args.rates).resolve()}")
+    print(f"  {'stage':<20} {'runs':>8} {'Mpx':>12} {'CPU s/Mpx':>10} {'core-h':>9} {'GPU-h':>7} {'TiB':>7} "
+          f"{'PUT':>9} {'GET+HEAD':>10}")
+    missing = []
+    for c in costs:
+        if c.rate is None:
+            missing.append(c)
+            print(f"  {c.stage:<20} {c.runs:>8,.0f} {c.mpx:>12,.0f}   not measured: run {cost.STAGES[c.stage][1]}")
+            continue
+        gpu = f"{c.gpu_hours:>7.1f}" if c.gpu_hours is not None else f"{'-':>7}"
+        print(f"  {c.stage:<20} {c.runs:>8,.0f} {c.mpx:>12,.0f} {c.rate.cpu_seconds_per_mpx:>10.3f} "
+              f"{c.core_hours:>9,.0f} {gpu} {c.written_tib:>7.2f} {c.puts:>9,.0f} {c.gets:>10,.0f}")
+    tile = [c for c in costs if c.stage in cost.TILE_STAGES]
+    if all(c.core_hours is not None for c in tile):
+        total = sum(c.core_hours for c in tile)
+        print(f"estimate: ingestion, classification and filtering on CPUs: {total:,.0f} core-hours "
+              f"({' + '.join(f'{c.stage} {c.core_hours:,.0f}' for c in tile)}; target <= 1,000: "
+              f"{'met' if total <= 1000 else 'NOT met'})")
+    measured = [c for c in costs if c.core_hours is not None]
+    if measured:
+        print(f"estimate: all measured stages: {sum(c.core_hours for c in measured):,.0f} core-hours, "
+              f"{sum(c.written_tib for c in measured):,.2f} TiB written, {sum(c.puts for c in measured) / 1e6:,.2f} M PUT "
+              f"and {sum(c.gets for c in measured) / 1e6:,.2f} M GET/HEAD requests (modelled)")
+        wall = cost.wall_hours(costs, args.cpu_workers, args.cores_per_worker, args.gpus)
+        if args.gpus and not any(c.stage == "classify" and c.gpu_hours is not None for c in costs):
+            print("estimate: no GPU rate measured (scripts/bench_inference.py on a GPU machine): classification "
+                  "stays on the CPUs in the wall time")
+        print(f"estimate: wall time on {args.cpu_workers} CPU worker(s) of {args.cores_per_worker} cores"
+              f"{f' and {args.gpus} GPU(s)' if args.gpus else ''}: {wall.pop('total'):,.1f} h ("
+              + ", ".join(f"{stage} {hours:,.1f} h" for stage, hours in wall.items()) + ")")
+    print("estimate: the rates used:")
+    for c in measured:
+        print(f"  {c.stage}: {c.rate.describe()}")
+    if missing:
+        print(f"estimate: {len(missing)} stage(s) not measured on this machine and left out of the totals: "
+              + ", ".join(c.stage for c in missing))
     return 0
 
 
@@ -465,6 +514,9 @@ def _demo_year(config, year: int, units: list[str], world: dict, api, store, mod
         print(f"demo: {pu_id} {year}: {len(done['tiles'])} tiles ingested ({min(dates)}-{max(dates)} acquisition "
               f"dates per tile, {skipped} scenes skipped), classified ({'/'.join(sorted(engines))}) and filtered "
               f"under {place.base}")
+    planned = [t for pu_id in units for t in store.read_json(locations.pu(year, pu_id).tiles_done)["tiles"]]
+    print(f"demo: {year}: {len(set(planned))} distinct tiles ingested once for the {len(planned)} tiles the PUs "
+          f"planned (a tile in both PUs' areas has one time series, under {locations.tile_series(year, planned[0]).base.rsplit('/', 1)[0]})")
     pixels = correct = correct_raw = 0
     for pu_id in units:
         acc = demo.map_accuracy(config, year, pu_id, world["truth_url"], store)
@@ -749,6 +801,15 @@ def build_parser() -> argparse.ArgumentParser:
     mshow.add_argument("--version")
     mshow.set_defaults(func=cmd_models)
 
+    est = sub.add_parser("estimate", help="core-hours, wall time, storage and S3 requests of a whole production, "
+                                          "from the rates the benchmark scripts measured")
+    est.add_argument("--layout", default="production", choices=["production", "demo"])
+    est.add_argument("--rates", default=".bench/rates.json", help="the rates file the benchmark scripts write")
+    est.add_argument("--cpu-workers", type=int, default=100, help="CPU workers (default 100)")
+    est.add_argument("--cores-per-worker", type=int, default=len(os.sched_getaffinity(0)),
+                     help="cores of each (default: this machine's)")
+    est.add_argument("--gpus", type=int, default=0, help="GPUs for classification (their measured rate)")
+    est.set_defaults(func=cmd_estimate)
     demo = sub.add_parser("demo", help="run the demo production on the embedded default")
     demo.add_argument("--home", default=".demo", help="folder for Airflow home, config and store")
     demo.add_argument("--repo", default=".", help="repository root holding dags/ and plugins/")

@@ -312,6 +312,9 @@ class InferenceConfig(Section):
     # Tiles are read in square blocks of this many pixels: it bounds the classify task's memory.
     block_px: int = Field(256, ge=256, le=4096)
     cpu_threads: int | None = Field(None, ge=1, le=512)
+    # torch.compile the folded network (autotuned kernels for the batch shape; pays a compilation
+    # per classify task, worth it on GPUs: see scripts/bench_gpu_inference.py).
+    compile: bool = False
     # The fast path must match torch fp32 eager on this many pixels of each tile, or fall back.
     check_px: int = Field(4096, ge=0, le=1_000_000)
     min_top_class_agreement: float = Field(0.999, ge=0, le=1)
@@ -598,6 +601,9 @@ class StoreConfig(Section):
     s3_region: str = "eu-central-1"
     # Attempts per S3 request (boto3's standard retry mode: throttling, 5xx, lost connections).
     s3_max_attempts: int = Field(5, ge=1, le=20)
+    # A claim on a shared stage (a tile's time series) goes stale when its holder has not renewed
+    # it for this long (renewed every quarter of it); a holder gone from this host at once.
+    claim_seconds: float = Field(60.0, ge=5, le=3600)
 
     @field_validator("work", "models", "samples", "products")
     @classmethod

@@ -488,13 +488,13 @@ def record_url(config, layout: str, year: int, pu_id: str, task_id: str, label: 
     from clcplus_ops.locations import Locations
     from clcplus_ops.pipeline import STAGES
     from clcplus_ops.runner import place_of
-    from clcplus_ops.stage import Target
+    from clcplus_ops.stage import TILE_SCOPES, Target
 
     stage = STAGES.get(task_id.rsplit(".", 1)[-1])
     if stage is None:
         return None
     target = Target(layout, year, None if stage.scope == "product_tile" else pu_id,
-                    label if stage.scope in ("tile", "product_tile") else None)
+                    label if stage.scope in TILE_SCOPES else None)
     return place_of(stage.scope, Locations(config.for_layout(layout)), target).record(stage.name)
 
 

@@ -3,8 +3,10 @@
 Roots come from the configuration (``store.work``, ``models``, ``samples``, ``products``)::
 
     {work}/{year}/{pu}/plan.json, tiles_done.json         a PU's run
-    {work}/{year}/{pu}/tiles/{tile}/...                    a tile's artefacts (features, probabilities...)
+    {work}/{year}/tiles/{tile}/features/, valid_obs.tif   a tile's time series, shared by the PUs covering it
+    {work}/{year}/{pu}/tiles/{tile}/...                    a PU's tile (definition, probabilities, filtered)
     {work}/{year}/{pu}/training/...                        a PU's training (audit, evaluation, final model)
+    .../_claims/{stage}.{n}.json                           who computes a shared stage now (runner)
     {samples}/sample_db/                                   the sample DB
     {samples}/series/{year}/{tile}/series.parquet          sample time series of a tile
     {models}/{pu}/{version}/                               registered models
@@ -137,7 +139,10 @@ class Place:
 
 
 @dataclass(frozen=True)
-class TilePlace(Place):
+class TileSeriesPlace(Place):
+    """A tile's Sentinel-2 time series of one reference year: made once, read by every PU whose
+    area (with its buffer) covers the tile."""
+
     def feature(self, name: str) -> str:
         return self.file("features", f"{name}.tif")
 
@@ -148,6 +153,11 @@ class TilePlace(Place):
     @property
     def provenance(self) -> str:
         return self.file("ingest.json")
+
+
+@dataclass(frozen=True)
+class TilePlace(Place):
+    """A PU's tile: its definition and what the PU's model makes of the shared time series."""
 
     @property
     def probabilities(self) -> str:
@@ -250,6 +260,9 @@ class Locations:
 
     def tile(self, year: int, pu_id: str, tile_id: str) -> TilePlace:
         return TilePlace(join(self.pu(year, pu_id).base, "tiles", tile_id))
+
+    def tile_series(self, year: int, tile_id: str) -> TileSeriesPlace:
+        return TileSeriesPlace(join(self.roots["work"], str(int(year)), "tiles", tile_id))
 
     def training(self, year: int, pu_id: str) -> Place:
         return self.pu(year, pu_id).training

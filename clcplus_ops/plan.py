@@ -148,15 +148,15 @@ def _join_prepare(ctx) -> External:
     for tile_id in tiles:
         tile_target = Target(target.layout, target.reference_year, target.pu_id, tile_id)
         fingerprints = {}
-        for stage in (s.name for s in TILE_STAGES):  # a tile is finished when each has its record
+        for stage in TILE_STAGES:  # a tile is finished when each has its record (the shared ones too)
             try:
-                record = ctx.record(stage, target=tile_target, scope="tile")
+                record = ctx.record(stage.name, target=tile_target, scope=stage.scope)
             except CorruptRecordError:
                 record = None
             if record is None:
-                missing.setdefault(tile_id, []).append(stage)
+                missing.setdefault(tile_id, []).append(stage.name)
             else:
-                fingerprints[stage] = record.fingerprint
+                fingerprints[stage.name] = record.fingerprint
         done[tile_id] = fingerprints
     if missing:
         raise TilesNotFinishedError(

@@ -12,13 +12,16 @@
 4. skips when its own committed record has that fingerprint and its outputs verify; a damaged
    or missing output, a changed fingerprint or ``force`` recomputes. An unreachable store is an
    error at once, never "not done yet";
-5. removes what killed runs left (temporary files), computes into a private staging folder,
+5. for a stage of a shared scope (a tile's time series, which every PU covering the tile asks
+   for), claims it (:mod:`clcplus_ops.claims`): one run computes, the others wait for its
+   record and skip;
+6. removes what killed runs left (temporary files), computes into a private staging folder,
    checksums the outputs, then commits: the old record goes first, the outputs are moved
    (renamed on ``file://``, uploaded on ``s3://``) and the new record is written last. The
    record is the commit: outputs without a record are never trusted, so a run killed at any
    moment leaves either the complete old state, or no record (the next run recomputes), or the
    complete new state;
-6. returns a small summary for Airflow (never a credential).
+7. returns a small summary for Airflow (never a credential).
 
 Records hold locations relative to the store roots (``work:2025/DEMO1/...``).
 """
@@ -36,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import clcplus_ops
+from clcplus_ops import claims
 from clcplus_ops.config import Config
 from clcplus_ops.errors import StageInputError
 from clcplus_ops.locations import Locations, Place, check_product_tile, check_pu, check_tile, check_year
-from clcplus_ops.stage import External, Input, Stage, StageIO, Target
+from clcplus_ops.stage import SHARED_SCOPES, External, Input, Stage, StageIO, Target
 from clcplus_ops.store import (S3Settings, Store, StoreError, StoreUnreachableError, canonical_json, fingerprint,
                                sha256_file)
 
@@ -155,6 +159,8 @@ def place_of(scope: str, locations: Locations, target: Target) -> Place:
     year = target.reference_year
     if scope == "tile":
         return locations.tile(year, target.pu_id, target.tile_id)
+    if scope == "shared_tile":
+        return locations.tile_series(year, target.tile_id)
     if scope == "pu":
         return locations.pu(year, target.pu_id)
     if scope == "training":
@@ -181,10 +187,14 @@ def checked_target(config: Config, stage: Stage, target: Target) -> Target:
         if not pu_id:
             raise StageInputError(f"stage {stage.name} runs for a production unit: give its id")
         check_pu(config, target.layout, pu_id)
-    if stage.scope in ("tile", "sample_tile"):
+    if stage.scope in ("tile", "shared_tile", "sample_tile"):
         if not tile_id:
             raise StageInputError(f"stage {stage.name} runs for a tile: give its id")
         check_tile(config, tile_id)
+    if stage.scope == "shared_tile":
+        if pu_id:
+            check_pu(config, target.layout, pu_id)  # the PU asking is checked, its tile shared
+        pu_id = None
     if stage.scope == "product_tile":
         if not tile_id:
             raise StageInputError(f"stage {stage.name} runs for a product tile: give its code (e.g. e44n36)")
@@ -200,6 +210,7 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
     options = dict(options or {})
     if stage.scope == "product_tile" and target.pu_id:
         options.setdefault("made_by", target.pu_id)  # the PU whose run asks for the product tile
+    asked_by = target.pu_id  # the PU whose run asks (a shared stage's target names none)
     target = checked_target(config, stage, target)
     options = {k: v for k, v in options.items() if k in stage.options}
     store = store or store_for(config)
@@ -208,6 +219,8 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
     place = ctx.place()
     record_url = place.record(stage.name)
     what = f"{stage.name} {target.describe()}"
+    if stage.scope in SHARED_SCOPES and asked_by:
+        what += f" (for {asked_by})"
 
     upstream = {name: _input_record(ctx, name) for name in stage.inputs}
     external = stage.prepare(ctx) if stage.prepare else External()
@@ -231,7 +244,16 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
     else:
         store.exists(record_url)  # a forced run, too, meets an unreachable store before computing
 
-    _injected_fault(config, stage, target)
+    _injected_fault(config, stage, target, asked_by)
+    claim = None
+    if stage.scope in SHARED_SCOPES:
+        # Forced runs wait for each other, then each computes.
+        current = (lambda: False) if force else \
+            lambda: _current_record(store, locations, record_url, key, what, files, quiet=True) is not None
+        claim = claims.acquire(store, place.base, stage.name, what, current, seconds=config.store.claim_seconds)
+        if claim is None:
+            log.info("%s: computed by another run meanwhile, skipped (%s)", what, record_url)
+            return _summary(stage, target, read_record(store, record_url), locations, skipped=True)
     staging = store.staging_dir(place.base)
     started = time.perf_counter()
     try:
@@ -254,16 +276,19 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
                          time.perf_counter() - started)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if claim is not None:
+            claim.release()
     log.info("%s: done in %.1f s, %d output(s) committed (%s)", what, record.seconds, len(files), record_url)
     return _summary(stage, target, record, locations, skipped=False)
 
 
-def _injected_fault(config: Config, stage: Stage, target: Target) -> None:
-    """Fail here, before computing, where a drill's fault (``drills.faults``) matches."""
+def _injected_fault(config: Config, stage: Stage, target: Target, asked_by: str | None) -> None:
+    """Fail here, before computing, where a drill's fault (``drills.faults``) matches (its PU:
+    the PU whose run asks, also for a shared stage)."""
     from clcplus_ops.errors import InjectedFaultError
 
     for fault in config.drills.faults:
-        if fault.stage == stage.name and fault.pu_id in (None, target.pu_id) \
+        if fault.stage == stage.name and fault.pu_id in (None, target.pu_id or asked_by) \
                 and fault.tile_id in (None, target.tile_id):
             raise InjectedFaultError(f"{stage.name} {target.describe()}: fault injected by the drill "
                                      f"(drills.faults); nothing was computed")
@@ -289,7 +314,8 @@ def _open_raster(url: str):
 
 
 def _input_record(ctx: RunContext, name: str) -> StageRecord:
-    return _verified_record(ctx, ctx.place(), name, name)
+    scope = ctx.stage.input_scopes.get(name, ctx.stage.scope)
+    return _verified_record(ctx, place_of(scope, ctx.locations, ctx.target), name, name)
 
 
 def _verified_record(ctx: RunContext, place: Place, name: str, what: str) -> StageRecord:
@@ -310,23 +336,26 @@ def _verified_record(ctx: RunContext, place: Place, name: str, what: str) -> Sta
 
 
 def _current_record(store: Store, locations: Locations, record_url: str, key: str, what: str,
-                    files: Mapping[str, str]) -> StageRecord | None:
+                    files: Mapping[str, str], quiet: bool = False) -> StageRecord | None:
+    """The committed record at ``record_url`` if it is current (``quiet``: asked again and
+    again while waiting for another run, so it says nothing)."""
+    info, warning = ((lambda *args: None),) * 2 if quiet else (log.info, log.warning)
     try:
         record = read_record(store, record_url)
     except CorruptRecordError as error:
-        log.warning("%s: %s; recomputing", what, error)
+        warning("%s: %s; recomputing", what, error)
         return None
     if record is None:
         return None
     if record.fingerprint != key:
-        log.info("%s: inputs, parameters or code changed since the last run; recomputing", what)
+        info("%s: inputs, parameters or code changed since the last run; recomputing", what)
         return None
     if record.outputs != {name: locations.relative(url) for name, url in files.items()}:
-        log.info("%s: the recorded outputs are not the ones the stage declares now; recomputing", what)
+        info("%s: the recorded outputs are not the ones the stage declares now; recomputing", what)
         return None
     problems = verify_files(store, locations, record)
     if problems:
-        log.warning("%s: recorded outputs are damaged (%s); recomputing", what, "; ".join(problems))
+        warning("%s: recorded outputs are damaged (%s); recomputing", what, "; ".join(problems))
         return None
     return record
 

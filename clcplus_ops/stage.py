@@ -2,9 +2,12 @@
 
 A stage declares
 
-* ``name`` and ``scope``: what it runs for (a tile, a PU, a PU's training, a tile's samples)
-  and so where its outputs and record live (:mod:`clcplus_ops.locations`);
-* ``inputs``: earlier stages of the same target whose committed outputs it reads;
+* ``name`` and ``scope``: what it runs for (a PU's tile, a tile shared by the PUs covering it,
+  a PU, a PU's training, a tile's samples, a product tile) and so where its outputs and record
+  live (:mod:`clcplus_ops.locations`);
+* ``inputs``: earlier stages of the same target whose committed outputs it reads
+  (``input_scopes`` names those that run at another scope: a PU's tile reads the shared time
+  series);
 * ``prepare``: the reading of external sources (scene archive, sample DB, model registry,
   other targets' records); it returns their identity, which enters the fingerprint, and the
   value the computation works on;
@@ -38,7 +41,12 @@ if TYPE_CHECKING:
     from clcplus_ops.config import Config
     from clcplus_ops.geo.grid import Grid
 
-Scope = Literal["pu", "training", "tile", "sample_tile", "product_tile"]
+Scope = Literal["pu", "training", "tile", "shared_tile", "sample_tile", "product_tile"]
+# Scopes whose runs several PUs' runs ask for at once: the runner lets one compute while the
+# others wait for its record (a claim in the store, see clcplus_ops.runner).
+SHARED_SCOPES = ("shared_tile",)
+# Scopes whose runs are for one tile (mapped over tiles in the DAGs).
+TILE_SCOPES = ("tile", "shared_tile", "sample_tile", "product_tile")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class Stage:
     outputs: Mapping[str, str] | Callable[[Config], Mapping[str, str]]
     compute: Callable[[StageIO], Mapping[str, Any] | None]
     inputs: tuple[str, ...] = ()
+    # Inputs made at another scope than this stage's (input name -> its scope).
+    input_scopes: Mapping[str, Scope] = field(default_factory=dict)
     prepare: Callable[[Any], External] | None = None
     params: Callable[[Config, Target, Mapping[str, Any]], Mapping[str, Any]] = lambda config, target, options: {}
     resources: Resources = Resources()

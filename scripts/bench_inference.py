@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -37,8 +38,10 @@ from clcplus_ops.classification import inference
 from clcplus_ops.classification.classify import CLASSIFY, load_model
 from clcplus_ops.config import load_config
 from clcplus_ops.embedded import write_embedded_config
+from clcplus_ops.estimate import DEFAULT_RATES, Rate, record_rate
 from clcplus_ops.locations import Locations
 from clcplus_ops.plan import DEFINE_TILE, PLAN_TILES, planned_tiles
+from clcplus_ops.postprocessing.filtering import FILTER
 from clcplus_ops.runner import run_stage, stage_record, store_for
 from clcplus_ops.sentinel2.ingest import INGEST
 from clcplus_ops.stage import External, Stage, StageIO, Target
@@ -75,7 +78,7 @@ def eager_rate(model, x: np.ndarray, batch: int) -> float:
 
 def read_tile(config, tile_id: str) -> np.ndarray:
     """The time series of an ingested tile's valid pixels (pixels, features, steps)."""
-    place = Locations(config).tile(YEAR, PU, tile_id)
+    place = Locations(config).tile_series(YEAR, tile_id)
     with rasterio.open(place.valid_obs.removeprefix("file://")) as ds:
         valid = ds.read(1) > 0
     features = store_for(config).read_json(place.provenance)["features"]
@@ -140,13 +143,15 @@ def rates(model, x: np.ndarray) -> None:
     print("targets: >= 2.5 x eager; >= 70 % of the matmul rate; top class >= 99.9 %, max |dp| <= 0.01")
 
 
-def cuda_rates(model, x: np.ndarray) -> None:
+def cuda_rates(model, x: np.ndarray) -> float | None:
+    """The best CUDA rate (Mpx/s, host to host) with the agreement check passing; None without a GPU."""
     print("\n== 2. CUDA ==")
     if not inference.cuda_available():
         print("torch sees no CUDA GPU on this machine: not measured")
-        return
+        return None
     print(f"GPU: {torch.cuda.get_device_name()}")
     reference = model.predict_proba(x)
+    best = None
     for precision in ("fp32", "bf16"):
         engine = inference.create_engine(model, "cuda", precision)
         seconds = best_of(lambda: (engine.predict_proba(x), torch.cuda.synchronize()))
@@ -154,6 +159,9 @@ def cuda_rates(model, x: np.ndarray) -> None:
         print(f"cuda {precision}: {len(x) / seconds / 1e6:.2f} Mpx/s (batch {engine.batch_px}, incl. host-device "
               f"copies); top class {100 * agreement.top_class_agreement:.3f} %, max |dp| "
               f"{agreement.max_probability_difference:.2e}")
+        if agreement.top_class_agreement >= 0.999:
+            best = max(best or 0.0, len(x) / seconds / 1e6)
+    return best
 
 
 def large_tile_config(config, size: int):
@@ -198,26 +206,33 @@ def _repeat_compute(io: StageIO) -> dict:
 
 # A stand-in for the ingest stage: same name and outputs, run by the runner (its record is the
 # one classify reads), the scenes replaced by a demo tile's series.
-REPEATED_INGEST = Stage(name=INGEST.name, scope="tile", outputs=INGEST.outputs, prepare=_repeat_prepare,
+REPEATED_INGEST = Stage(name=INGEST.name, scope=INGEST.scope, outputs=INGEST.outputs, prepare=_repeat_prepare,
                         compute=_repeat_compute, options=("source_tile", "size"))
 
 
-def classify_child(config_path: str, size: int, version: str) -> None:
-    """Runs in its own process: classify the large tile, print seconds and peak memory."""
+def classify_child(config_path: str, size: int, version: str, stage: str = "classify") -> None:
+    """Runs in its own process: classify (or filter) the large tile, print seconds, CPU seconds
+    and peak memory."""
     from clcplus_ops.geo.tiles import tile_id
 
     config = large_tile_config(load_config(config_path), size)
     target = Target("demo", YEAR, PU, tile_id("33TUL", 0, 0, size * config.grid.pixel_size_m))
     started = time.perf_counter()
-    result = run_stage(CLASSIFY, config, target, force=True, options={"model_version": version})
+    if stage == "filter":
+        result = run_stage(FILTER, config, target, force=True)
+    else:
+        result = run_stage(CLASSIFY, config, target, force=True, options={"model_version": version})
     seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     # VmHWM: this process's peak resident memory since exec (ru_maxrss would include the parent's).
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, **result}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "cpu": usage.ru_utime + usage.ru_stime,
+                      **result}))
 
 
-def memory(config_path: Path, config, source_tile: str, sizes: list[int], version: str) -> None:
+def memory(config_path: Path, config, source_tile: str, sizes: list[int], version: str) -> dict:
+    """Peak memory and time of a classify task per tile size; returns the largest tile's figures."""
     print("\n== 3. Peak memory of a classify task (own process, VmHWM) ==")
     from clcplus_ops.geo.tiles import tile_id
 
@@ -237,6 +252,21 @@ def memory(config_path: Path, config, source_tile: str, sizes: list[int], versio
               f"{result['peak_mb']:,.0f} MB, {result['seconds']:.0f} s ({px / result['seconds']:,.0f} px/s overall; "
               f"read {record.details['read_s']:.0f} s, classify {record.details['compute_s']:.0f} s, write "
               f"{record.details['write_s']:.0f} s; {record.details['engine']['precision']})")
+        filtered = json.loads(subprocess.run(
+            [sys.executable, __file__, "--classify-child", str(size), "--stage", "filter", "--home",
+             str(config_path.parent), "--version", version], check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1])
+        filter_record = stage_record(large, FILTER, target)
+        print(f"  filter of that tile (the stage, own process): {filtered['seconds']:.1f} s, "
+              f"{filtered['cpu']:.1f} CPU s, peak {filtered['peak_mb']:,.0f} MB")
+        written_bytes = sum(f["size"] for f in record.files.values())
+        largest = {"size": size, "px": px, "cpu": result["cpu"], "seconds": result["seconds"], "bytes": written_bytes,
+                   "files": len(record.files), "inputs": len(stage_record(large, INGEST, target).outputs),
+                   "engine": record.details["engine"]["precision"],
+                   "filter": {"cpu": filtered["cpu"], "seconds": filtered["seconds"],
+                              "bytes": sum(f["size"] for f in filter_record.files.values()),
+                              "files": len(filter_record.files)}}
+    return largest
 
 
 def main() -> None:
@@ -244,17 +274,34 @@ def main() -> None:
     parser.add_argument("--home", default="/tmp/clcplus-bench/inference")
     parser.add_argument("--tiles", type=int, default=4, help="demo tiles whose pixels form the input")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2500], help="tile sizes (px) for the memory figure")
+    parser.add_argument("--rates", type=Path, default=DEFAULT_RATES,
+                        help="the rates file `clcplus estimate` reads (default %(default)s)")
     parser.add_argument("--classify-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", help=argparse.SUPPRESS)
+    parser.add_argument("--stage", default="classify", help=argparse.SUPPRESS)
     args = parser.parse_args()
     home = Path(args.home)
     if args.classify_child:
-        classify_child(str(home / "config.yaml"), args.classify_child, args.version)
+        classify_child(str(home / "config.yaml"), args.classify_child, args.version, args.stage)
         return
     config_path, config, model, version, x, source_tile = prepare(home, args.tiles)
     rates(model, x)
-    cuda_rates(model, x)
-    memory(config_path, config, source_tile, args.sizes, version)
+    gpu = cuda_rates(model, x)
+    tile = memory(config_path, config, source_tile, args.sizes, version)
+    mpx = tile["px"] / 1e6
+    record_rate(Rate("classify", cpu_seconds_per_mpx=tile["cpu"] / mpx, bytes_per_mpx=tile["bytes"] / mpx,
+                     files_per_unit=tile["files"], inputs_per_unit=tile["inputs"], gpu_mpx_per_second=gpu,
+                     measured_by="scripts/bench_inference.py",
+                     detail=f"the classify stage on a {tile['size']} px tile plus halo ({tile['engine']}): "
+                            f"{tile['seconds']:.1f} s, {tile['cpu']:.1f} CPU s"
+                            + (f"; GPU {gpu:.2f} Mpx/s host to host" if gpu else "; no GPU")), args.rates)
+    filtered = tile["filter"]
+    record_rate(Rate("filter", cpu_seconds_per_mpx=filtered["cpu"] / mpx, bytes_per_mpx=filtered["bytes"] / mpx,
+                     files_per_unit=filtered["files"], inputs_per_unit=1, measured_by="scripts/bench_inference.py",
+                     detail=f"the filter stage on the classified {tile['size']} px tile plus halo: "
+                            f"{filtered['seconds']:.1f} s, {filtered['cpu']:.1f} CPU s"), args.rates)
+    print(f"\nrates recorded in {args.rates} (clcplus estimate): classify {tile['cpu'] / mpx:.2f}, filter "
+          f"{filtered['cpu'] / mpx:.2f} CPU s/Mpx")
 
 
 if __name__ == "__main__":

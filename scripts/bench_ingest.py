@@ -101,7 +101,7 @@ def run_child(args: list[str]) -> tuple[float, float]:
 def check_exactness(config_data: dict, size_px: int) -> tuple[bool, bool, int]:
     config = parse_config(config_data)
     tile = tile_from_id(TILES[size_px], size_px * 10)
-    place = Locations(config).tile(YEAR, PU, tile.tile_id)
+    place = Locations(config).tile_series(YEAR, tile.tile_id)
     grid = tile.grid(config.grid.halo_px)
     with rasterio.open(place.valid_obs[7:]) as ds:
         counts = ds.read(1)

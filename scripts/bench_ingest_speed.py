@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from clcplus_ops.estimate import DEFAULT_RATES, Rate, record_rate
 from clcplus_ops.geo.tiles import tile_from_id
 from clcplus_ops.locations import static_catalog_template
 
@@ -137,9 +138,22 @@ def ingest_once(root: Path, name: str, year: int, code: str, package_root: Path,
     result = json.loads(result_file.read_text())
     if not Path(result["code"]).is_relative_to(package_root):
         raise RuntimeError(f"the {code} run imported {result['code']}, not the package under {package_root}")
-    hashes = {key: sha256(url.removeprefix("file://")) for key, url in sorted(result["outputs"].items())}
-    return {**measured, "seconds": result["seconds"], "hashes": hashes,
+    hashes = {key: _output_hash(key, url.removeprefix("file://")) for key, url in sorted(result["outputs"].items())}
+    sizes = {key: Path(url.removeprefix("file://")).stat().st_size for key, url in result["outputs"].items()}
+    return {**measured, "seconds": result["seconds"], "hashes": hashes, "bytes": sum(sizes.values()),
+            "files": len(sizes), "reads": result.get("reads") or 0,
             "details": {k: result.get(k) for k in ("dates", "reads", "read_s", "compute_s", "write_s")}}
+
+
+def _output_hash(key: str, path: str) -> str:
+    """The sha256 of an output; of the provenance without its ``pu_id``: a tile's time series are
+    shared by the PUs covering it since they are made once per tile (older revisions named the
+    PU that asked)."""
+    if key != "provenance":
+        return sha256(path)
+    provenance = json.loads(Path(path).read_text())
+    provenance.pop("pu_id", None)
+    return hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()
 
 
 def baseline_package(rev: str, into: Path) -> Path:
@@ -162,6 +176,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["baseline", "current"], help="run this code version alone")
     parser.add_argument("--save", help="write the output hashes (of the last code version run) to this JSON file")
     parser.add_argument("--reference", help="compare the output hashes of the code versions with this JSON file")
+    parser.add_argument("--rates", type=Path, default=DEFAULT_RATES,
+                        help="the rates file `clcplus estimate` reads: the current code's rate on the largest tile run "
+                             "is recorded there (default %(default)s)")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -202,6 +219,17 @@ def main() -> None:
                       f"as reference: {row.get('as_reference', '-')}", flush=True)
     if args.save:
         Path(args.save).write_text(json.dumps(saved, indent=1))
+    largest = max((row for row in rows if "current" in row), key=lambda row: TILES[row["tile"]][3], default=None)
+    if largest is not None:
+        run, px = largest["current"], TILES[largest["tile"]][3] // 10 + 2 * HALO_PX
+        mpx = px * px / 1e6
+        record_rate(Rate("ingest", cpu_seconds_per_mpx=run["cpu"] / mpx, bytes_per_mpx=run["bytes"] / mpx,
+                         files_per_unit=run["files"], inputs_per_unit=run["reads"],
+                         measured_by=f"scripts/bench_ingest_speed.py --tiles {largest['tile']}",
+                         detail=f"tile {TILES[largest['tile']][2]} ({px} px a side, {largest['year']}): "
+                                f"{run['wall']:.1f} s wall, {run['cpu']:.1f} CPU s, {run['details']['dates']} dates, "
+                                f"{run['reads']} window reads"), args.rates)
+        print(f"rate recorded in {args.rates} (clcplus estimate): ingest {run['cpu'] / mpx:.2f} CPU s/Mpx")
 
     print("\ntile  year  px/side  baseline s (stage, cpu)  current s (stage, cpu)  ratio  stage  cpu  "
           "peak GiB base/cur  identical  as reference")

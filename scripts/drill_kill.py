@@ -40,7 +40,7 @@ from pathlib import Path
 from clcplus_ops.config import load_config
 from clcplus_ops.locations import Locations
 from clcplus_ops.pipeline import STAGES
-from clcplus_ops.runner import stage_record, store_for, verify_files
+from clcplus_ops.runner import place_of, stage_record, store_for, verify_files
 from clcplus_ops.stage import Target
 from clcplus_ops.store import _TMP_PREFIX
 from clcplus_ops.store_audit import checksums, record_state, temporaries
@@ -119,10 +119,8 @@ def main() -> int:
     config = load_config(args.config).for_layout(args.layout)
     store, locations = store_for(config), Locations(config)
     target = Target(args.layout, args.year, args.pu, args.tile)
-    place = locations.tile(args.year, args.pu, args.tile)
-    if not place.base.startswith("file://"):
-        raise SystemExit("the drill watches the tile folder: give a configuration with a file:// work root")
-    folder = Path(place.base[len("file://"):])
+    if not config.store.work.startswith("file://"):
+        raise SystemExit("the drill watches the tile folders: give a configuration with a file:// work root")
     rng = random.Random(args.seed)
 
     print(f"drill: {args.pu} {args.year} {args.tile} ({args.layout}), store {config.store.work}, seed {args.seed}")
@@ -135,6 +133,8 @@ def main() -> int:
 
     verdict, tally = True, {}
     for name in args.stages:
+        place = place_of(STAGES[name].scope, locations, target)  # the PU's tile, or the shared one (ingest)
+        folder = Path(place.base[len("file://"):])
         record_url = place.record(name)
         record_path = Path(record_url[len("file://"):])
         start_s, span_s, commit_s = measure(args, name, folder, record_path)

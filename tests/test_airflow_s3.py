@@ -166,6 +166,6 @@ def test_demo_dag_on_s3_with_credentials_only_in_the_connection(s3_only_in_conne
            f"{len(written)} log files searched, no secret; {len(handed_to_masker)} hand-over(s) to the masker set aside")
     # What was searched is the run's log: the tasks, the stages and the S3 client speak in it, and
     # the S3 requests were signed with the connection's access key.
-    for expected in ("tile.classify", f"ingest {PU} {tile_id} {YEAR}: computing", "output(s) committed",
+    for expected in ("tile.classify", f"ingest {tile_id} {YEAR} (for {PU}): computing", "output(s) committed",
                      f"Credential={ACCESS_KEY}/"):
         assert expected in printed, expected

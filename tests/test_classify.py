@@ -74,7 +74,7 @@ def pair(config):
 def read_features(config, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(x int16 (valid pixels, features, steps), valid (rows, cols)) of an ingested tile, read
     here with rasterio (not with the stage's reader)."""
-    place = Locations(config).tile(YEAR, PU, tile_id)
+    place = Locations(config).tile_series(YEAR, tile_id)
     with rasterio.open(place.valid_obs.removeprefix("file://")) as ds:
         valid = ds.read(1) > 0
     s2 = config.sentinel2
@@ -178,7 +178,7 @@ def test_probabilities_raster_covers_the_tile_with_its_halo(config, pair, classi
     assert result["outputs"]["probabilities"] == place.probabilities
     assert (result["model"], result["valid_pixels"]) == (version, int(valid.sum()))
     with rasterio.open(place.probabilities.removeprefix("file://")) as ds, \
-            rasterio.open(place.valid_obs.removeprefix("file://")) as counts:
+            rasterio.open(Locations(config).tile_series(YEAR, pair[0]).valid_obs.removeprefix("file://")) as counts:
         assert (ds.count, ds.dtypes[0], ds.nodata) == (11, "uint16", probs_io.NODATA)
         assert (ds.transform, ds.shape, ds.crs) == (counts.transform, counts.shape, counts.crs)
         assert ds.descriptions[0] == "1 Sealed" and ds.tags()["scale"] == "0.0001"
@@ -283,7 +283,7 @@ def test_a_damaged_feature_file_fails_naming_it(config, pair, classified, tmp_pa
     import subprocess
     import sys
 
-    place = Locations(config).tile(YEAR, PU, pair[1])
+    place = Locations(config).tile_series(YEAR, pair[1])
     path = place.feature("B08").removeprefix("file://")
     saved = tmp_path / "B08.tif"
     shutil.copyfile(path, saved)

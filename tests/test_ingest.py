@@ -16,7 +16,6 @@ from clcplus_ops.config import parse_config
 from clcplus_ops.errors import PermanentError
 from clcplus_ops.geo.tiles import tile_from_id
 from clcplus_ops.locations import Locations
-from clcplus_ops.plan import DEFINE_TILE
 from clcplus_ops.runner import run_stage, stage_record
 from clcplus_ops.sentinel2 import timeseries as ts
 from clcplus_ops.sentinel2.ingest import INGEST, NoScenesError
@@ -44,14 +43,12 @@ def _target(tile_id: str = TILE_ID) -> Target:
 
 
 def ingest(config, tile_id: str = TILE_ID, **kwargs) -> dict:
-    """define_tile (ingest's input), then ingest, through the runner."""
-    store = kwargs.get("store")
-    run_stage(DEFINE_TILE, config, _target(tile_id), store=store)
+    """ingest through the runner, asked for by the PU's run."""
     return run_stage(INGEST, config, _target(tile_id), **kwargs)
 
 
 def _place(config, tile_id: str = TILE_ID):
-    return Locations(config).tile(YEAR, PU, tile_id)
+    return Locations(config).tile_series(YEAR, tile_id)
 
 
 @pytest.fixture(scope="module")

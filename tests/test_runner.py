@@ -808,8 +808,9 @@ def real_tile(demo_world, demo_random_model, tmp_path_factory) -> dict:
     config = load_config(path)
     for name in ("define_tile", "ingest", "classify"):
         run_stage(STAGES[name], config, TARGET)
-    place = Locations(config.for_layout("demo")).tile(2025, "DEMO1", TILE)
-    return {"path": path, "config": config, "place": place, "stages": STAGES}
+    locations = Locations(config.for_layout("demo"))
+    return {"path": path, "config": config, "place": locations.tile(2025, "DEMO1", TILE),
+            "series": locations.tile_series(2025, TILE), "stages": STAGES}
 
 
 def _local(url: str) -> Path:
@@ -817,7 +818,7 @@ def _local(url: str) -> Path:
 
 
 def test_cli_damaged_feature_file_fails_classify_naming_it(real_tile) -> None:
-    config, place, classify = real_tile["config"], real_tile["place"], real_tile["stages"]["classify"]
+    config, place, classify = real_tile["config"], real_tile["series"], real_tile["stages"]["classify"]
     before = stage_record(config, classify, TARGET)
     feature = _local(place.feature("B01"))
     data, stat = feature.read_bytes(), feature.stat()

@@ -1,7 +1,7 @@
 """The classify stage: the PU's registered TempCNN applied to every pixel of one tile.
 
-Input: the ingest stage's time series (``features/*.tif`` and ``valid_obs.tif``, tile grid plus
-the ingestion halo). The model is external (the registry): the PU's newest version registered
+Input: the ingest stage's time series of the tile (``features/*.tif`` and ``valid_obs.tif``, tile
+grid plus the ingestion halo), shared by the PUs covering the tile; each classifies it with its own model. The model is external (the registry): the PU's newest version registered
 for the reference year (its card's ``reference_year``; a card without one counts for every
 year), or the one the ``model_version`` option names; either must have been trained on the
 year's time series (features, window, steps: 2018's +- 6 months give 73 steps, the other years'
@@ -291,7 +291,7 @@ def _params(config: Config, target: Target, options: Mapping) -> dict:
     # What was asked for, not what ran: a retry on a GPU worker of a tile done on a CPU worker
     # is current (the engine that ran is in the record's details).
     return {"encoding": probs_io.encoding(), "profile": config.rasters.probabilities.model_dump(),
-            "device": inference.device, "precision": inference.precision,
+            "device": inference.device, "precision": inference.precision, "compile": inference.compile,
             "tolerances": [inference.min_top_class_agreement, inference.max_probability_difference]}
 
 
@@ -311,7 +311,7 @@ def _compute(io: StageIO) -> dict:
     inference = config.inference
     if inference.cpu_threads:
         torch.set_num_threads(inference.cpu_threads)
-    engine = create_engine(model, inference.device, inference.precision, inference.batch_px)
+    engine = create_engine(model, inference.device, inference.precision, inference.batch_px, inference.compile)
     stats = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "valid_pixels": 0}
     with time_series_reader(io, provenance["features"]) as reader:
         engine, agreement = _classify_blocks(io, reader, engine, grid, model, selected, stats)
@@ -370,6 +370,7 @@ CLASSIFY = Stage(
     name="classify",
     scope="tile",
     inputs=("ingest",),
+    input_scopes={"ingest": "shared_tile"},
     outputs={"probabilities": "probabilities.tif"},
     prepare=_prepare,
     params=_params,

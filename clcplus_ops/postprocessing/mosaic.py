@@ -203,7 +203,7 @@ def _prepare(ctx) -> External:
     for tile_id in tile_ids:
         tile_target = Target(target.layout, target.reference_year, target.pu_id, tile_id)
         filter_record, filtered = ctx.input_of("filter", "filtered", tile_target, "tile")
-        ingest_record, valid_obs = ctx.input_of("ingest", "valid_obs", tile_target, "tile")
+        ingest_record, valid_obs = ctx.input_of("ingest", "valid_obs", tile_target, "shared_tile")
         tile = tile_from_id(tile_id, ctx.config.grid.tile_size_m, ctx.config.grid.pixel_size_m)
         sources.append(TileSource(tile_id, tile.grid(0), filtered, valid_obs))
         identity[tile_id] = [filter_record.fingerprint, ingest_record.fingerprint]

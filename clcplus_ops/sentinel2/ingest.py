@@ -11,7 +11,13 @@ composited into one observation: per pixel the first granule with a valid observ
 the tile's own MGRS square first. A date is therefore counted once per pixel, as the valid-
 observation count (RASDL) requires.
 
-Outputs in the tile's folder (tile grid plus halo, EPSG of the tile):
+The time series of a tile and reference year do not depend on the PU: the stage runs at the
+``shared_tile`` scope, once per tile and year however many PUs cover the tile (16,406 PU-tiles
+are 12,278 distinct tiles in the production layout); a PU's run asking for a tile another
+run is ingesting waits for its record (the runner's claim, :mod:`clcplus_ops.claims`).
+
+Outputs in the tile's shared folder (``{work}/{year}/tiles/{tile}/``; tile grid plus halo, EPSG
+of the tile):
 
 * ``features/{B01,...,NBR}.tif`` one GeoTIFF per feature, one band per step (band description
   = step date), int16 = round(value x 10 000), nodata -32768 where the pixel never had a valid
@@ -421,25 +427,24 @@ def _prepare(ctx) -> External:
 def _compute(io: StageIO) -> dict:
     started = time.perf_counter()
     config, target, access = io.config, io.target, io.external
-    pu_id, year = target.pu_id, target.reference_year
+    year = target.reference_year
     tile = io.tile
     series = config.time_series
     grid = tile.grid(config.grid.halo_px)
     window_start, _ = series.window(year)
-    scenes = find_tile_scenes(config, access.source, grid, tile, pu_id, year)
+    scenes = find_tile_scenes(config, access.source, grid, tile, None, year)
 
     names = feature_names(config)
     step_dates = series.steps(year)
     step_days = np.array([(d - window_start).days for d in step_dates], dtype=np.float64)
     stats, dates, reads = compute_with_scenes(
-        config, access.s3, scenes, tile, window_start, f"{tile.tile_id} ({pu_id}, reference year {year})",
+        config, access.s3, scenes, tile, window_start, f"{tile.tile_id} (reference year {year})",
         lambda dates, opened: _compute_tile(io, grid, dates, opened, step_days, step_dates),
     )
     usable, skipped, other_crs = scenes.usable, scenes.skipped, scenes.other_crs
     params = series_params(config, year)
     io.write_json("provenance", {
         "stage": io.stage.name,
-        "pu_id": pu_id,
         "reference_year": year,
         "tile": tile.to_dict(),
         "grid": {**grid.to_dict(), "halo_px": config.grid.halo_px},
@@ -526,8 +531,7 @@ def _compute_tile(io: StageIO, grid: Grid, dates: Sequence[AcquisitionDate], sce
 
 INGEST = Stage(
     name="ingest",
-    scope="tile",
-    inputs=("define_tile",),
+    scope="shared_tile",
     outputs=_outputs,
     prepare=_prepare,
     params=_params,

@@ -51,10 +51,11 @@ def stand_in_tile_stages(write) -> tuple:
     ``valid_obs``, filter's ``filtered``; classify only leaves a note), whose computation is
     ``write(io, name)`` for "valid_obs" and "filtered": the mosaic tests and the PU benchmark
     run the real plan, join and PU stages on generated tiles through them."""
+    from clcplus_ops.sentinel2.ingest import INGEST
     from clcplus_ops.stage import Stage
 
     return (
-        Stage(name="ingest", scope="tile", inputs=("define_tile",), outputs={"valid_obs": "valid_obs.tif"},
+        Stage(name="ingest", scope=INGEST.scope, outputs={"valid_obs": "valid_obs.tif"},
               compute=lambda io: write(io, "valid_obs")),
         Stage(name="classify", scope="tile", outputs={"note": "classify.json"},
               compute=lambda io: io.write_json("note", {"generated": True})),

@@ -19,12 +19,11 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 from clcplus_airflow.connections import s3_settings
 from clcplus_ops.config import Config, load_config
-from clcplus_ops.stage import Stage, Target
+from clcplus_ops.stage import TILE_SCOPES, Stage, Target
 from clcplus_ops.store import Store
 
 log = logging.getLogger(__name__)
 
-TILE_SCOPES = ("tile", "sample_tile", "product_tile")
 # Stages that run for real under ``drills.noop_stages``: the tiles are mapped over the plan it commits.
 RUN_WHEN_NOOP = ("plan_tiles",)
 
