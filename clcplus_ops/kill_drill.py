@@ -16,7 +16,8 @@ and named through the REST API's task instances. A moment aims at
 
 and fires at the first moment, its delay after the aim first held, when the aim holds. Commit
 and upload moments are armed before their aim holds (a commit once the stage writes, an upload
-as soon as the task's process runs) and then watched every millisecond. Moments whose process
+as soon as the task's process runs); commit, upload and write moments are watched every
+millisecond once armed. Moments whose process
 ended first wait for the next process of their task.
 After each kill the store is audited (:mod:`clcplus_ops.store_audit`). Airflow retries the
 killed task. :func:`clean_run` makes the same production without Airflow, stage by stage, in
@@ -41,7 +42,9 @@ from clcplus_ops.store_audit import Hashes, Snapshot, record_state, snapshot
 AIMS = ("read", "write", "commit", "upload")
 TASK_TITLE = "airflow worker -- "  # the task runner's process title, then its task instance id
 WORKER_TITLE = "airflow worker -- LocalExecutor"  # the executor's workers (task supervisors)
-HOT_AIMS = ("commit", "upload")  # they last milliseconds: watched every hot_poll_s
+# Watched every hot_poll_s once armed: commits and uploads last milliseconds, and so do the
+# writes of the small stages (a product tile's STAC files).
+HOT_AIMS = ("commit", "upload", "write")
 # A commit moment is armed once the stage writes its staged outputs, an upload moment as soon as
 # the task's process is seen: polled every poll_s under load, a short aim would slip by unseen.
 ARMED_BY = {"commit": "write", "upload": "start"}
@@ -377,8 +380,11 @@ class KillDrill:
                     continue
                 files = _once(lambda pid=pid: open_files(pid))
                 for moment in [m for m in self.pending if m.task == ti["task_id"]]:
-                    candidate = Watched(pid, ti, moment, now)
-                    # A commit is watched from the moment the stage writes its staged outputs.
+                    # An aim armed on itself held now: its delay counts from here. A commit is
+                    # watched from the moment the stage writes its staged outputs.
+                    direct = moment.aim not in ARMED_BY
+                    candidate = Watched(pid, ti, moment, now, since=now if direct else None,
+                                        last=now if direct else None)
                     if self.aims.holds(ARMED_BY.get(moment.aim, moment.aim), candidate, files):
                         try:
                             candidate.ti = self._instance(ti_id, fresh=True) or ti
