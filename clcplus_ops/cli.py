@@ -345,7 +345,7 @@ def cmd_estimate(args) -> int:
     for c in costs:
         if c.rate is None:
             missing.append(c)
-            print(f"  {c.stage:<20} {c.runs:>8,.0f} {c.mpx:>12,.0f}   not measured: run {cost.STAGES[c.stage][1]}")
+            print(f"  {c.stage:<20} {c.runs:>8,.0f} {c.mpx:>12,.0f}   not measured: run {cost.STAGES[c.stage]}")
             continue
         gpu = f"{c.gpu_hours:>7.1f}" if c.gpu_hours is not None else f"{'-':>7}"
         print(f"  {c.stage:<20} {c.runs:>8,.0f} {c.mpx:>12,.0f} {c.rate.cpu_seconds_per_mpx:>10.3f} "

@@ -18,8 +18,8 @@ tile stages run thousands of independent tasks, so the pool stays full), classif
 ``gpus`` GPUs at the measured GPU rate where there is one. S3 requests are modelled, not
 measured: per stage run one PUT per output file (a multipart upload of a file over 8 MiB: its
 8 MiB parts plus two), one PUT for the record, a HEAD and a GET per output to verify and to read
-the record back, and for its inputs one GET per MiB read plus a HEAD per file (GDAL's merged
-range requests over whole blocks).
+the record back, and one GET per input read the benchmark counted (the ingestion's window reads
+of the scenes; a read per input file for the other stages).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ DEFAULT_RATES = Path(".bench/rates.json")
 MIB = 1 << 20
 MULTIPART_BYTES = 8 * MIB  # boto3's multipart threshold and part size
 
-# stage -> (what a unit is, the benchmark that measures it)
-STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("distinct tile", "scripts/bench_ingest_speed.py --tiles 2500"),
-    "classify": ("PU-tile", "scripts/bench_inference.py"),
-    "filter": ("PU-tile", "scripts/bench_inference.py"),
-    "mosaic+blend+layers": ("PU product grid", "scripts/bench_pu.py"),
-    "calibrate+recode": ("PU product grid", "scripts/bench_calibration.py"),
-    "product_tile": ("100 km product tile", "scripts/bench_product_cog.py"),
+# stage -> the benchmark that measures it (what one run is: Counts.units)
+STAGES: dict[str, str] = {
+    "ingest": "scripts/bench_ingest_speed.py --tiles 2500",
+    "classify": "scripts/bench_inference.py",
+    "filter": "scripts/bench_inference.py",
+    "mosaic+blend+layers": "scripts/bench_pu.py",
+    "calibrate+recode": "scripts/bench_calibration.py",
+    "product_tile": "scripts/bench_product_cog.py",
 }
 TILE_STAGES = ("ingest", "classify", "filter")  # the issue's target: <= 1,000 core-hours together
 
@@ -56,9 +56,8 @@ class Rate:
     stage: str
     cpu_seconds_per_mpx: float  # user + system CPU seconds (all cores)
     bytes_per_mpx: float  # written
-    read_bytes_per_mpx: float = 0.0
     files_per_unit: int = 1  # output files of one stage run
-    inputs_per_unit: int = 1  # input files one stage run opens
+    inputs_per_unit: int = 1  # input reads of one stage run
     gpu_mpx_per_second: float | None = None  # classification on a GPU (end to end)
     measured_by: str = ""  # the script and its arguments
     detail: str = ""  # what was timed (tile, size, seconds)
@@ -78,15 +77,12 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-class RatesMissing(ValueError):
-    pass
-
-
 def read_rates(path: Path) -> dict[str, Rate]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return {name: Rate(**entry) for name, entry in data.items()}
+    known = Rate.__dataclass_fields__  # a file an older version wrote may hold other fields
+    return {name: Rate(**{k: v for k, v in entry.items() if k in known}) for name, entry in data.items()}
 
 
 def record_rate(rate: Rate, path: Path = DEFAULT_RATES) -> None:
@@ -146,7 +142,6 @@ def layout_counts(config, layout: str = "production") -> Counts:
 @dataclass(frozen=True)
 class StageCost:
     stage: str
-    unit: str
     runs: float
     mpx: float
     rate: Rate | None
@@ -158,25 +153,25 @@ class StageCost:
 
 
 def _requests(rate: Rate, runs: float, mpx: float) -> tuple[float, float]:
-    """(PUT, GET + HEAD) requests of ``runs`` runs writing and reading ``mpx`` megapixels."""
+    """(PUT, GET + HEAD) requests of ``runs`` runs writing ``mpx`` megapixels."""
     per_file = rate.bytes_per_mpx * (mpx / runs) / rate.files_per_unit
     parts = math.ceil(per_file / MULTIPART_BYTES) + 2 if per_file > MULTIPART_BYTES else 1
     puts = runs * (rate.files_per_unit * parts + 1)
-    gets = runs * (2 * rate.files_per_unit + 1 + rate.inputs_per_unit) + rate.read_bytes_per_mpx * mpx / MIB
+    gets = runs * (2 * rate.files_per_unit + 1 + rate.inputs_per_unit)
     return puts, gets
 
 
 def estimate(counts: Counts, rates: Mapping[str, Rate]) -> list[StageCost]:
     out = []
-    for stage, (unit, _) in STAGES.items():
+    for stage in STAGES:
         runs, mpx = counts.units(stage)
         rate = rates.get(stage)
         if rate is None:
-            out.append(StageCost(stage, unit, runs, mpx, None, None, None, None, None, None))
+            out.append(StageCost(stage, runs, mpx, None, None, None, None, None, None))
             continue
         puts, gets = _requests(rate, runs, mpx)
         gpu = mpx / rate.gpu_mpx_per_second / 3600 if rate.gpu_mpx_per_second else None
-        out.append(StageCost(stage, unit, runs, mpx, rate, rate.cpu_seconds_per_mpx * mpx / 3600, gpu,
+        out.append(StageCost(stage, runs, mpx, rate, rate.cpu_seconds_per_mpx * mpx / 3600, gpu,
                              rate.bytes_per_mpx * mpx / (1 << 40), puts, gets))
     return out
 

@@ -17,8 +17,8 @@ and named through the REST API's task instances. A moment aims at
 and fires at the first moment, its delay after the aim first held, when the aim holds. Commit
 and upload moments are armed before their aim holds (a commit once the stage writes, an upload
 as soon as the task's process runs); commit, upload and write moments are watched every
-millisecond once armed. Moments whose process
-ended first wait for the next process of their task.
+millisecond once armed. Moments whose process ended first wait for the next process of their
+task.
 After each kill the store is audited (:mod:`clcplus_ops.store_audit`). Airflow retries the
 killed task. :func:`clean_run` makes the same production without Airflow, stage by stage, in
 another store: the bytes every kill must leave complete or absent, and the run must end with.
@@ -145,7 +145,6 @@ class Watched:
     pid: int
     ti: dict
     moment: Moment
-    armed: float  # time.monotonic() when the moment was armed on it
     since: float | None = None  # when its aim first held (the delay counts from there)
     last: float | None = None  # when its aim was last seen holding
     staging: Path | None = None  # its staging folder, once seen
@@ -383,7 +382,7 @@ class KillDrill:
                     # An aim armed on itself held now: its delay counts from here. A commit is
                     # watched from the moment the stage writes its staged outputs.
                     direct = moment.aim not in ARMED_BY
-                    candidate = Watched(pid, ti, moment, now, since=now if direct else None,
+                    candidate = Watched(pid, ti, moment, since=now if direct else None,
                                         last=now if direct else None)
                     if self.aims.holds(ARMED_BY.get(moment.aim, moment.aim), candidate, files):
                         try:

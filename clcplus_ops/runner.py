@@ -284,11 +284,11 @@ def run_stage(stage: Stage, config: Config, target: Target, *, force: bool = Fal
 
 def _injected_fault(config: Config, stage: Stage, target: Target, asked_by: str | None) -> None:
     """Fail here, before computing, where a drill's fault (``drills.faults``) matches (its PU:
-    the PU whose run asks, also for a shared stage)."""
+    the PU whose run asks, also for a shared or product tile stage, whose target names none)."""
     from clcplus_ops.errors import InjectedFaultError
 
     for fault in config.drills.faults:
-        if fault.stage == stage.name and fault.pu_id in (None, target.pu_id or asked_by) \
+        if fault.stage == stage.name and fault.pu_id in (None, asked_by) \
                 and fault.tile_id in (None, target.tile_id):
             raise InjectedFaultError(f"{stage.name} {target.describe()}: fault injected by the drill "
                                      f"(drills.faults); nothing was computed")

@@ -93,7 +93,7 @@ def _remove_stale_staging(store: Store, root: str, stale: str, token: str | None
                      ", ".join(p.name for p in attempts))
         return
     urls = [u for u in store.list(folder)
-            if u[len(folder) + 1:].split("/", 1)[0].startswith(stale) and u[len(folder) + 1:].split("/", 1)[0] != token]
+            if (attempt := u[len(folder) + 1:].split("/", 1)[0]).startswith(stale) and attempt != token]
     for url in urls:
         store.delete(url)
     if urls:
