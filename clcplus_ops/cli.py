@@ -336,7 +336,8 @@ def cmd_estimate(args) -> int:
     counts = cost.layout_counts(config, args.layout)
     costs = cost.estimate(counts, rates)
     print(f"estimate: the {args.layout} layout: {counts.pus} PUs, {counts.pu_tiles:,} PU-tiles of "
-          f"{counts.tile_mpx:.2f} Mpx (tile plus halo), {counts.distinct_tiles:,} distinct tiles (ingested once), "
+          f"{counts.tile_mpx:.2f} Mpx (tile plus halo; {counts.classified_mpx / 1e3:,.1f} Gpx of them in their PU's "
+          f"buffered area, classified), {counts.distinct_tiles:,} distinct tiles (ingested once), "
           f"{counts.pu_grid_mpx / 1e3:,.1f} Gpx of PU product grids, {counts.product_tiles} product tiles of 100 km")
     print(f"estimate: rates from {Path(args.rates).resolve()}")
     print(f"  {'stage':<20} {'runs':>8} {'Mpx':>12} {'CPU s/Mpx':>10} {'core-h':>9} {'GPU-h':>7} {'TiB':>7} "

@@ -319,6 +319,10 @@ class InferenceConfig(Section):
     check_px: int = Field(4096, ge=0, le=1_000_000)
     min_top_class_agreement: float = Field(0.999, ge=0, le=1)
     max_probability_difference: float = Field(0.01, ge=0, le=1)
+    # Classify only the PU's area plus its buffer and a margin (what its products and its
+    # neighbours' blending read, see clcplus_ops.classification.area); no data elsewhere in
+    # the tile. Off: every pixel of every tile (a quarter more classification on the layout).
+    pu_area_only: bool = True
     airflow_pool: str = "default_pool"
     airflow_queue: str | None = None  # None: Airflow's [operators] default_queue
 

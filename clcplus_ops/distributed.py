@@ -59,6 +59,9 @@ def _with_driver(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
+MAX_TIS_PER_QUERY = "0"  # see celery_env; deploy/compose.yaml and the Helm values set the same
+
+
 def celery_env(env: dict[str, str], backends: Backends) -> dict[str, str]:
     """``env`` (see :func:`clcplus_ops.embedded.server_env`: Airflow's processes serving on
     127.0.0.1) turned into a Celery deployment's on ``backends``."""
@@ -74,6 +77,10 @@ def celery_env(env: dict[str, str], backends: Backends) -> dict[str, str]:
         AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=CELERY_CONFIG_OPTIONS,
         # A task longer than this is handed to another worker; tile stages take minutes.
         AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT="86400",
+        # Task instances the scheduler queues per loop: 0 = [core] parallelism. Airflow's 16 starved
+        # the workers with the 138 PU runs active (scripts/soak_scheduler.py: a loop over 35,000
+        # task instances takes seconds, so 16 per loop capped the production at 1.4 tasks/s).
+        AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY=MAX_TIS_PER_QUERY,
     )
     if backends.key_prefix:
         out["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = backends.key_prefix

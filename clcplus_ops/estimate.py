@@ -8,7 +8,10 @@ measured, and where the figure came from (script, host, date, the run it timed).
 
 * ``ingest``: the distinct 25 km tiles (a tile's time series are shared by the PUs covering it),
   tile plus halo pixels each;
-* ``classify``, ``filter``: the PU-tiles (each PU classifies with its own model);
+* ``classify``, ``filter``: the PU-tiles (each PU classifies with its own model), the pixels of
+  each in its PU's area plus buffer (``inference.pu_area_only``, see
+  :mod:`clcplus_ops.classification.area`; the whole tile plus halo when off). The rates are per
+  megapixel classified (the benchmarks classify whole tiles);
 * PU stages (``mosaic``, ``blend``, ``calibrate``, ``recode``, ``layers``): the pixels of every
   PU's product grid (its area plus the PU buffer, bounding box);
 * product stages (``product_tile``...): the 100 km product tiles, 10,000 x 10,000 px each.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import socket
 from collections.abc import Mapping
@@ -105,6 +109,7 @@ class Counts:
     pu_tiles: int
     distinct_tiles: int
     tile_mpx: float  # one tile plus halo
+    classified_mpx: float  # of all PU-tiles, in their PU's classified area
     pu_grid_mpx: float  # all PUs' product grids
     product_tiles: int
     product_tile_mpx: float
@@ -114,7 +119,7 @@ class Counts:
         if stage == "ingest":
             return self.distinct_tiles, self.distinct_tiles * self.tile_mpx
         if stage in ("classify", "filter"):
-            return self.pu_tiles, self.pu_tiles * self.tile_mpx
+            return self.pu_tiles, self.classified_mpx
         if stage in ("mosaic+blend+layers", "calibrate+recode"):
             return self.pus, self.pu_grid_mpx
         if stage == "product_tile":
@@ -135,8 +140,37 @@ def layout_counts(config, layout: str = "production") -> Counts:
     _, of_tile = product_tile_index(config, layout)
     return Counts(pus=len(tiles), pu_tiles=sum(len(t) for t in tiles.values()),
                   distinct_tiles=len({t for ids in tiles.values() for t in ids}), tile_mpx=side * side / 1e6,
+                  classified_mpx=classified_mpx(config, layout, tiles),
                   pu_grid_mpx=sum(g.width * g.height for g in grids) / 1e6, product_tiles=len(of_tile),
                   product_tile_mpx=(100_000 / grid.pixel_size_m) ** 2 / 1e6)
+
+
+def classified_mpx(config, layout: str, tiles: Mapping[str, list[str]]) -> float:
+    """Megapixels the classify stage computes over all PU-tiles: each tile (plus halo) within
+    its PU's buffered area (areas of the polygons, to the pixel), or whole tiles when
+    ``inference.pu_area_only`` is off."""
+    import shapely
+
+    from clcplus_ops.classification import area
+    from clcplus_ops.geo.tiles import tile_from_id
+
+    grid = config.grid
+    side = grid.tile_size_m / grid.pixel_size_m + 2 * grid.halo_px
+    if not config.inference.pu_area_only:
+        return sum(len(t) for t in tiles.values()) * side * side / 1e6
+    path = str(config.layout_path(layout))
+    mtime = os.stat(path).st_mtime_ns
+    total_m2 = 0.0
+    for pu_id, tile_ids in tiles.items():
+        by_zone: dict[int, list] = {}
+        for tile_id in tile_ids:
+            tile = tile_from_id(tile_id, grid.tile_size_m, grid.pixel_size_m)
+            by_zone.setdefault(tile.epsg, []).append(shapely.box(*tile.grid(grid.halo_px).bounds))
+        for epsg, boxes in by_zone.items():
+            buffered = area._in_crs(path, mtime, pu_id, float(area.reach_m(config)), epsg)
+            shapely.prepare(buffered)
+            total_m2 += float(shapely.area(shapely.intersection(boxes, buffered)).sum())
+    return total_m2 / grid.pixel_size_m**2 / 1e6
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from clcplus_ops.classification import probabilities as probs_io  # noqa: E402
 from clcplus_ops.config import load_config, parse_config  # noqa: E402
+from clcplus_ops.estimate import DEFAULT_RATES  # noqa: E402
 from clcplus_ops.geo.grid import Grid  # noqa: E402
 from clcplus_ops.stage import Stage, StageIO, Target  # noqa: E402
 from clcplus_ops.synthetic import probability_tiles  # noqa: E402
@@ -178,12 +179,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pu", default=None)
     parser.add_argument("--home", type=Path, default=REPO / ".bench" / "calibration")
+    parser.add_argument("--rates", type=Path, default=DEFAULT_RATES,
+                        help="the rates file `clcplus estimate` reads (default %(default)s)")
     args = parser.parse_args()
     home = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_pu import _child, choose_pu
 
+    from clcplus_ops.estimate import Rate, record_rate
+    from clcplus_ops.pipeline import STAGES
     from clcplus_ops.postprocessing.mosaic import layout_units, product_grid
     from clcplus_ops.runner import run_stage, stage_record
 
@@ -210,14 +215,25 @@ def main() -> int:
           f"{pixels / baseline['cpu_seconds'] / 1e6:.2f} Mpx/s per core, peak {baseline['max_rss_mb']:,.0f} MB",
           flush=True)
     peak = baseline["max_rss_mb"]
+    cpu = seconds = written = files = 0
     for name in ("calibrate", "recode"):
         result = _child(_STAGE_CHILD, json.dumps(settings), pu_id, name)
+        record = stage_record(config, STAGES[name], Target("production", 2025, pu_id))
+        cpu, seconds = cpu + result["cpu_seconds"], seconds + result["seconds"]
+        written, files = written + sum(f["size"] for f in record.files.values()), files + len(record.files)
         peak = max(peak, result["max_rss_mb"])
         ok = "OK" if result["max_rss_mb"] <= 8192 else "MISSED"
         print(f"{name}: {result['seconds']:.1f} s = {result['seconds'] / baseline['seconds']:.2f} x the block copy, "
               f"{pixels / result['cpu_seconds'] / 1e6:.2f} Mpx/s per core, peak {result['max_rss_mb']:,.0f} MB "
               f"({ok}: target <= 8 GB)  {result['summary']}", flush=True)
     print(f"peak memory of calibrate and recode: {peak:,.0f} MB ({'OK' if peak <= 8192 else 'MISSED'}: target <= 8 GB)")
+    mpx = pixels / 1e6
+    record_rate(Rate("calibrate+recode", cpu_seconds_per_mpx=cpu / mpx, bytes_per_mpx=written / mpx,
+                     files_per_unit=files, inputs_per_unit=len(YEARS) + 3,
+                     measured_by=f"scripts/bench_calibration.py --pu {pu_id}",
+                     detail=f"{pu_id}: calibrate and recode over {mpx:,.0f} Mpx, {seconds:.0f} s, {cpu:.0f} CPU s"),
+                args.rates)
+    print(f"rate recorded in {args.rates} (clcplus estimate): calibrate+recode {cpu / mpx:.3f} CPU s/Mpx")
     return 0
 
 

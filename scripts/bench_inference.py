@@ -166,10 +166,14 @@ def cuda_rates(model, x: np.ndarray) -> float | None:
 
 def large_tile_config(config, size: int):
     """The demo configuration with tiles of ``size`` px (size x 10 m must divide 100 km) and its
-    own work root (tile ids of different grids can coincide)."""
+    own work root (tile ids of different grids can coincide). The whole tile is classified
+    (``inference.pu_area_only`` off: such a tile reaches far beyond DEMO1's buffer), so the rate
+    recorded is per megapixel classified, as ``clcplus estimate`` counts it."""
     grid = config.demo.grid.model_copy(update={"tile_size_m": size * config.grid.pixel_size_m})
     store = config.store.model_copy(update={"work": f"{config.store.work}-tiles-{size}px"})
-    return config.model_copy(update={"demo": config.demo.model_copy(update={"grid": grid}), "store": store})
+    inference = config.inference.model_copy(update={"pu_area_only": False})
+    return config.model_copy(update={"demo": config.demo.model_copy(update={"grid": grid}), "store": store,
+                                     "inference": inference})
 
 
 def _repeat_prepare(ctx) -> External:

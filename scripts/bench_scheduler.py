@@ -158,6 +158,27 @@ def _patiently(call, otherwise, tries: int = 1):
     return otherwise
 
 
+def deployment_env(home: Path, config_path: Path, slots: int) -> dict[str, str]:
+    """The environment of a deployment serving on a free port of 127.0.0.1 with ``slots`` of
+    parallelism. The DAG file does not change during a run: the DAG processor parses its 138
+    production DAGs once (several seconds of CPU, every 30 s by default, on two cores)."""
+    env = server_env(airflow_env(home, REPO, config_path), free_port(), parallelism=slots)
+    env.update(AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="3600",
+               AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT="600")
+    return env
+
+
+def own_backends(kind: str) -> distributed.Backends:
+    """A PostgreSQL database and a Redis key prefix of the deployment's own, the database made."""
+    unique = uuid.uuid4().hex[:12]
+    backends = distributed.Backends(database=f"clcplus_{kind}_{unique}", key_prefix=f"clcplus-{kind}-{unique}:")
+    reason = backends.reachable()
+    if reason:
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {reason}")
+    distributed.create_database(backends)
+    return backends
+
+
 def run_pu(kind: str, home: Path, pu_id: str, tiles: int | None, slots: int, timeout_s: float = 1800,
            log=print, extra_env: dict[str, str] | None = None, label: str | None = None) -> dict:
     """Start the deployment ``kind`` (``celery`` or ``embedded``, with ``extra_env``) under
@@ -167,24 +188,15 @@ def run_pu(kind: str, home: Path, pu_id: str, tiles: int | None, slots: int, tim
 
     home.mkdir(parents=True, exist_ok=True)
     config_path = bench_config(home)
-    port = free_port()
-    env = server_env(airflow_env(home, REPO, config_path), port, parallelism=slots)
-    # The DAG file does not change during the run: the DAG processor parses its 138 production
-    # DAGs once (several seconds of CPU, every 30 s by default, on a machine of two cores).
-    env.update(AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="600",
-               AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT="300", **(extra_env or {}))
+    env = deployment_env(home, config_path, slots)
     backends = None
     if kind == "celery":
-        unique = uuid.uuid4().hex[:12]
-        backends = distributed.Backends(database=f"clcplus_bench_{unique}", key_prefix=f"clcplus-bench-{unique}:")
-        reason = backends.reachable()
-        if reason:
-            raise SystemExit(f"bench_scheduler: {reason}")
-        distributed.create_database(backends)
+        backends = own_backends("bench")
         env = distributed.celery_env(env, backends)
         components = distributed.components(cpu_concurrency=slots, gpu_concurrency=1)
     else:
         components = list(COMPONENTS)
+    env.update(extra_env or {})
     airflow = str(Path(sys.executable).with_name("airflow"))
     services = AirflowServices(env, airflow, home / "services", components)
     try:

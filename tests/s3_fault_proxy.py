@@ -65,7 +65,8 @@ def start_proxy(target: str, plan: FaultPlan) -> tuple[str, ThreadingHTTPServer]
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":  # an answer to HEAD has no body: bytes left over would
+                    self.wfile.write(payload)  # be read as the next answer on the kept-alive connection
                 return
             connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from clcplus_ops.classification import inference
+from clcplus_ops.classification import area, inference
 from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.classification.classify import CLASSIFY, ClassifyError
 from clcplus_ops.config import load_config
@@ -31,6 +31,7 @@ from clcplus_ops.postprocessing.filtering import FILTER
 from clcplus_ops.runner import run_stage, stage_record, store_for
 from clcplus_ops.sentinel2.ingest import INGEST
 from clcplus_ops.sentinel2.timeseries import feature_names
+from clcplus_ops.geo.tiles import tile_from_id
 from clcplus_ops.stage import Target
 from clcplus_ops.store import as_url
 from conftest import random_tempcnn, register_model
@@ -83,6 +84,12 @@ def read_features(config, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
         with rasterio.open(place.feature(name).removeprefix("file://")) as ds:
             stack.append(ds.read()[:, valid])
     return np.ascontiguousarray(np.stack(stack).transpose(2, 0, 1)), valid
+
+
+def classified_area(config, tile_id: str) -> np.ndarray:
+    """bool (rows, cols): the tile's pixels in DEMO1's area plus buffer and margin."""
+    grid = tile_from_id(tile_id, config.grid.tile_size_m, config.grid.pixel_size_m).grid(config.grid.halo_px)
+    return area.needed(config, LAYOUT, PU, grid)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +183,10 @@ def test_probabilities_raster_covers_the_tile_with_its_halo(config, pair, classi
     place = Locations(config).tile(YEAR, PU, pair[0])
     result = classified[0][0]
     assert result["outputs"]["probabilities"] == place.probabilities
+    # Pixels with observations in the PU's classified area; no data elsewhere.
+    kept = valid & classified_area(config, pair[0])
+    x = x[kept[valid]]
+    valid = kept
     assert (result["model"], result["valid_pixels"]) == (version, int(valid.sum()))
     with rasterio.open(place.probabilities.removeprefix("file://")) as ds, \
             rasterio.open(Locations(config).tile_series(YEAR, pair[0]).valid_obs.removeprefix("file://")) as counts:
@@ -339,6 +350,42 @@ def test_filtered_tiles_mosaic_to_exactly_the_filtered_whole(config, pair, class
         assert np.array_equal(got, want)
 
 
+def test_only_the_pu_area_is_classified_and_what_its_products_read_is_unchanged(config, pair, classified,
+                                                                                 tmp_path_factory):
+    """``inference.pu_area_only``: a tile partly beyond DEMO1's buffer is classified within the
+    buffer plus margin only (no data beyond). Wherever the mosaic and the blending can read the
+    PU's filtered probabilities (its buffer, two blending-lattice cells and the resampling's two
+    pixels), they are the bytes of the whole tile classified and filtered."""
+    from clcplus_ops.geo.grid import Grid
+    from clcplus_ops.geo.tile_index import tile_index
+
+    tiles = tile_index(config.layout_path(LAYOUT), config.grid)[PU]
+    partial = next(t for t in sorted(tiles) if 0.2 < classified_area(config, t).mean() < 0.9)
+    whole = config.model_copy(update={
+        "inference": config.inference.model_copy(update={"pu_area_only": False}),
+        "store": config.store.model_copy(update={"work": as_url(tmp_path_factory.mktemp("whole-tiles") / "work")})})
+    results = {}
+    for name, c in (("area", config), ("whole", whole)):
+        run_stage(DEFINE_TILE, c, target(partial))
+        run_stage(INGEST, c, target(partial))
+        results[name] = run_stage(CLASSIFY, c, target(partial)), run_stage(FILTER, c, target(partial))
+    (area_classify, area_filter), (whole_classify, whole_filter) = results["area"], results["whole"]
+    needed = classified_area(config, partial)
+    assert 0 < area_classify["valid_pixels"] < whole_classify["valid_pixels"]
+    assert stage_record(config, CLASSIFY, target(partial)).details["area_pixels"] == int(needed.sum())
+    probabilities, _ = _read(area_classify["outputs"]["probabilities"])
+    assert (probabilities[:, ~needed] == probs_io.NODATA).all()
+
+    (a, _), (b, _) = _read(area_filter["outputs"]["filtered"]), _read(whole_filter["outputs"]["filtered"])
+    with rasterio.open(area_filter["outputs"]["filtered"].removeprefix("file://")) as ds:
+        filtered_grid = Grid.of_dataset(ds)
+    read_by_products = area.within(config, LAYOUT, PU, filtered_grid, config.grid.pu_buffer_m
+                                   + 2 * config.blending.distance_cell_m + 2 * config.grid.pixel_size_m)
+    assert read_by_products.any() and not read_by_products.all()
+    assert np.array_equal(a[:, read_by_products], b[:, read_by_products])
+    assert area_filter["valid_pixels"] < whole_filter["valid_pixels"]
+
+
 def test_filter_smooths_and_keeps_probabilities(config, pair, classified):
     place = Locations(config).tile(YEAR, PU, pair[0])
     record = stage_record(config, FILTER, target(pair[0]))
@@ -397,7 +444,9 @@ def test_join_and_map_accuracy_over_the_planned_tiles(config, pair, classified, 
     assert sorted(store_for(config).read_json(joined["outputs"]["tiles_done"])["tiles"]) == sorted(pair)
     assert run_stage(JOIN_TILES, config, Target(LAYOUT, YEAR, PU))["skipped"]
     accuracy = map_accuracy(config, YEAR, PU, demo_world["truth_url"])
-    assert accuracy["tiles"] == 2 and accuracy["pixels"] > 0.9 * 2 * 250 * 250
+    halo = config.grid.halo_px
+    in_area = sum(int(classified_area(config, t)[halo:-halo, halo:-halo].sum()) for t in pair)
+    assert accuracy["tiles"] == 2 and accuracy["pixels"] > 0.9 * in_area > 0
     for key in ("overall_accuracy_classified", "overall_accuracy_filtered", "changed_by_filter"):
         assert 0 <= accuracy[key] <= 1
     assert accuracy["changed_by_filter"] > 0  # the filtered map is read, not the classified one twice

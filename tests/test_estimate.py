@@ -25,6 +25,19 @@ def test_the_production_layout_counts(production):
     assert production.product_tiles > 600 and production.pu_grid_mpx > 60_000  # 6 M km2 at 10 m, bounding boxes
 
 
+def test_classification_is_counted_in_the_pus_buffered_areas(production):
+    # A tile touching a PU is classified only within the PU's buffer plus margin: about three
+    # quarters of the PU-tiles' pixels; the whole tiles when inference.pu_area_only is off.
+    whole = production.pu_tiles * production.tile_mpx
+    assert production.units("classify") == production.units("filter") == (16_406, production.classified_mpx)
+    assert 0.65 * whole < production.classified_mpx < 0.85 * whole
+    config = load_config().for_layout("demo")
+    off = config.model_copy(update={"inference": config.inference.model_copy(update={"pu_area_only": False})})
+    counts_off = cost.layout_counts(off, "demo")
+    assert counts_off.classified_mpx == pytest.approx(counts_off.pu_tiles * counts_off.tile_mpx)
+    assert cost.layout_counts(config, "demo").classified_mpx < counts_off.classified_mpx
+
+
 def test_rates_scale_by_the_layout_and_name_their_source(production, tmp_path):
     rates = tmp_path / "rates.json"
     cost.record_rate(cost.Rate("ingest", cpu_seconds_per_mpx=10.0, bytes_per_mpx=50 * cost.MIB, files_per_unit=14,
@@ -59,7 +72,8 @@ def test_the_estimate_command_prints_stage_by_stage(tmp_path, capsys):
     assert main(["estimate", "--rates", str(rates), "--cpu-workers", "50", "--cores-per-worker", "8"]) == 0
     out = capsys.readouterr().out
     assert "16,406 PU-tiles" in out and "12,278 distinct tiles" in out
-    expected = (40 * 12_278 + 7 * 16_406) * 2516 ** 2 / 1e6 / 3600
+    counts = cost.layout_counts(load_config(), "production")
+    expected = (40 * 12_278 * 2516 ** 2 / 1e6 + 7 * counts.classified_mpx) / 3600
     assert f"ingestion, classification and filtering on CPUs: {expected:,.0f} core-hours" in out
     assert "NOT met" in out  # these made-up rates are above the target
     assert "ingest: 40.000 CPU s/Mpx" in out and "scripts/bench_ingest.py" in out and "ingest timed" in out

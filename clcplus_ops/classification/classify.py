@@ -1,7 +1,10 @@
-"""The classify stage: the PU's registered TempCNN applied to every pixel of one tile.
+"""The classify stage: the PU's registered TempCNN applied to the pixels of one tile that the
+PU's products use (its area plus buffer and a margin, :mod:`.area`; every pixel with
+``inference.pu_area_only`` off).
 
 Input: the ingest stage's time series of the tile (``features/*.tif`` and ``valid_obs.tif``, tile
-grid plus the ingestion halo), shared by the PUs covering the tile; each classifies it with its own model. The model is external (the registry): the PU's newest version registered
+grid plus the ingestion halo), shared by the PUs covering the tile; each classifies it with its
+own model. The model is external (the registry): the PU's newest version registered
 for the reference year (its card's ``reference_year``; a card without one counts for every
 year), or the one the ``model_version`` option names; either must have been trained on the
 year's time series (features, window, steps: 2018's +- 6 months give 73 steps, the other years'
@@ -9,7 +12,8 @@ year's time series (features, window, steps: 2018's +- 6 months give 73 steps, t
 model re-classifies and a re-run with the same one skips.
 
 Output: ``probabilities.tif`` (11 bands, see :mod:`.probabilities` for the encoding) on the
-same grid as the input, halo included, so the bilateral filter is exact at the tile edges. The
+same grid as the input, halo included, so the bilateral filter is exact at the tile edges; no
+data outside the PU's area (blocks wholly outside are not read). The
 tile is read, classified through an :class:`~clcplus_ops.classification.inference.InferenceEngine`
 and written block by block, so memory is bounded by ``inference.block_px``, not by the tile.
 
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clcplus_ops.classification import area
 from clcplus_ops.classification import probabilities as probs_io
 from clcplus_ops.config import Config
 from clcplus_ops.errors import ClcplusError, StageInputError
@@ -235,10 +240,18 @@ class TimeSeriesReader:
             raise StageInputError(f"input {source.name} of {source.stage} ({source.label}) cannot be read: {reason}; "
                                   f"re-run {source.stage} (--force)") from error
 
-    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
-        """(x int16 (valid pixels, features, steps) row-major, valid bool (rows, cols))."""
+    def read(self, window, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(x int16 (valid pixels, features, steps) C-contiguous, valid bool (rows, cols)): the
+        pixels with observations, of those in ``keep`` (bool (rows, cols)) when given. A window
+        without any such pixel reads no features."""
+        import torch  # not at the top: DAG files import this module
+
         valid = self._read(len(self.features), indexes=1, window=window) > 0
+        if keep is not None:
+            valid &= keep
         rows, cols = valid.shape
+        if not valid.any():
+            return np.empty((0, len(self.features), self.steps), np.int16), valid
         stack = np.empty((len(self.features), self.steps, rows, cols), np.int16)
         # Each dataset is read by one thread at a time (GDAL handles are not shared). All reads
         # end before this returns or raises.
@@ -246,8 +259,14 @@ class TimeSeriesReader:
         wait(futures)
         for future in futures:
             future.result()  # the first error, naming its file
-        flat = stack.reshape(len(self.features), self.steps, rows * cols)
-        return flat[:, :, valid.ravel()].transpose(2, 0, 1), valid
+        flat = stack.reshape(len(self.features) * self.steps, rows * cols)
+        # Pixels to rows with torch's blocked 2-D transpose, then the valid rows: 3x faster than
+        # numpy's boolean gather along the pixel axis (measured on a 256 px block: 78 ms vs 223 ms,
+        # some 14 s of a 25 km tile).
+        x = torch.from_numpy(flat).t().contiguous()
+        if not valid.all():
+            x = x.index_select(0, torch.from_numpy(np.flatnonzero(valid)))
+        return x.numpy().reshape(-1, len(self.features), self.steps), valid
 
     def close(self) -> None:
         """Stop the reading threads, then close the rasters (in this order)."""
@@ -292,7 +311,8 @@ def _params(config: Config, target: Target, options: Mapping) -> dict:
     # is current (the engine that ran is in the record's details).
     return {"encoding": probs_io.encoding(), "profile": config.rasters.probabilities.model_dump(),
             "device": inference.device, "precision": inference.precision, "compile": inference.compile,
-            "tolerances": [inference.min_top_class_agreement, inference.max_probability_difference]}
+            "tolerances": [inference.min_top_class_agreement, inference.max_probability_difference],
+            "area": area.identity(config, target.layout, target.pu_id)}
 
 
 def _compute(io: StageIO) -> dict:
@@ -312,9 +332,11 @@ def _compute(io: StageIO) -> dict:
     if inference.cpu_threads:
         torch.set_num_threads(inference.cpu_threads)
     engine = create_engine(model, inference.device, inference.precision, inference.batch_px, inference.compile)
-    stats = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "valid_pixels": 0}
+    needed = area.needed(config, io.target.layout, io.target.pu_id, grid)
+    stats = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "valid_pixels": 0,
+             "area_pixels": grid.width * grid.height if needed is None else int(needed.sum())}
     with time_series_reader(io, provenance["features"]) as reader:
-        engine, agreement = _classify_blocks(io, reader, engine, grid, model, selected, stats)
+        engine, agreement = _classify_blocks(io, reader, engine, grid, model, selected, stats, needed)
     seconds = time.perf_counter() - started
     details = {"model": selected["version"], "model_url": selected["url"], "engine": engine.describe(),
                "agreement": agreement.to_dict(), "seconds": round(seconds, 2),
@@ -326,8 +348,9 @@ def _compute(io: StageIO) -> dict:
 
 
 def _classify_blocks(io: StageIO, reader: TimeSeriesReader, engine: InferenceEngine, grid, model: TrainedModel,
-                     selected: dict, stats: dict) -> tuple[InferenceEngine, Agreement]:
-    """Classify the tile block by block into the ``probabilities`` output. The engine is
+                     selected: dict, stats: dict, needed: np.ndarray | None) -> tuple[InferenceEngine, Agreement]:
+    """Classify the tile block by block into the ``probabilities`` output, only the ``needed``
+    pixels (all when None; a block without any is not even read). The engine is
     checked against fp32 eager on the first block with valid pixels, before that block is
     classified; returns the engine that ran and its agreement."""
     from clcplus_ops.classification.inference import Agreement, check_agreement
@@ -342,7 +365,7 @@ def _classify_blocks(io: StageIO, reader: TimeSeriesReader, engine: InferenceEng
         for _, _, block in blocks_with_progress(grid, inference.block_px, io.log, f"{tile_id} classify"):
             window = block.window_in(grid)
             t0 = time.perf_counter()
-            x, valid = reader.read(window)
+            x, valid = reader.read(window, None if needed is None else needed[window.toslices()])
             t1 = time.perf_counter()
             if agreement is None and len(x):
                 pick = np.unique(np.linspace(0, len(x) - 1, min(inference.check_px, len(x))).astype(np.int64))
