@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import socket
 from collections.abc import Mapping
@@ -158,8 +157,6 @@ def classified_mpx(config, layout: str, tiles: Mapping[str, list[str]]) -> float
     side = grid.tile_size_m / grid.pixel_size_m + 2 * grid.halo_px
     if not config.inference.pu_area_only:
         return sum(len(t) for t in tiles.values()) * side * side / 1e6
-    path = str(config.layout_path(layout))
-    mtime = os.stat(path).st_mtime_ns
     total_m2 = 0.0
     for pu_id, tile_ids in tiles.items():
         by_zone: dict[int, list] = {}
@@ -167,7 +164,7 @@ def classified_mpx(config, layout: str, tiles: Mapping[str, list[str]]) -> float
             tile = tile_from_id(tile_id, grid.tile_size_m, grid.pixel_size_m)
             by_zone.setdefault(tile.epsg, []).append(shapely.box(*tile.grid(grid.halo_px).bounds))
         for epsg, boxes in by_zone.items():
-            buffered = area._in_crs(path, mtime, pu_id, float(area.reach_m(config)), epsg)
+            _, buffered = area.buffered(config, layout, pu_id, area.reach_m(config), epsg)
             shapely.prepare(buffered)
             total_m2 += float(shapely.area(shapely.intersection(boxes, buffered)).sum())
     return total_m2 / grid.pixel_size_m**2 / 1e6

@@ -58,9 +58,9 @@ def _time(value: str | None) -> dt.datetime | None:
 def _spread(values: list[float]) -> dict:
     values = sorted(values)
     if not values:
-        return {"median": None, "p90": None, "max": None}
+        return {"n": 0, "median": None, "p90": None, "max": None}
     p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
-    return {"median": statistics.median(values), "p90": p90, "max": values[-1]}
+    return {"n": len(values), "median": statistics.median(values), "p90": p90, "max": values[-1]}
 
 
 def overhead(task_instances: list[dict], prefix: str = "tile.") -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,22 +41,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 
-from bench_scheduler import (LOGICAL_DATE, MemoryWatch, bench_config, cpu_seconds, deployment_env,  # noqa: E402
-                             own_backends)
+from bench_scheduler import (LOGICAL_DATE, MemoryWatch, _spread, bench_config, cpu_seconds,  # noqa: E402
+                             deployment_env, own_backends)
 
 from clcplus_ops import distributed  # noqa: E402
 from clcplus_ops.embedded import AirflowApi, AirflowServices  # noqa: E402
 
 YEAR = 2025  # the reference year of LOGICAL_DATE
-
-
-def _spread(values: list[float]) -> dict:
-    values = sorted(values)
-    if not values:
-        return {"n": 0, "median": None, "p90": None, "max": None}
-    p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
-    return {"n": len(values), "median": round(statistics.median(values), 3), "p90": round(p90, 3),
-            "max": round(values[-1], 3)}
 
 
 class Database:
@@ -70,32 +60,32 @@ class Database:
         self._connection = psycopg2.connect(f"{backends.postgres}/{backends.database}")
         self._connection.autocommit = True
 
-    def one(self, sql: str, *args):
+    def rows(self, sql: str, *args):
         with self._connection.cursor() as cursor:
             cursor.execute(sql, args)
             return cursor.fetchall()
 
     def size_bytes(self) -> int:
-        return self.one("SELECT pg_database_size(current_database())")[0][0]
+        return self.rows("SELECT pg_database_size(current_database())")[0][0]
 
     def states(self) -> dict[str, int]:
-        return {state or "none": n for state, n in self.one("SELECT state, count(*) FROM task_instance GROUP BY state")}
+        return {state or "none": n for state, n in self.rows("SELECT state, count(*) FROM task_instance GROUP BY state")}
 
     def finished_between(self, begin: float, end: float) -> int:
-        return self.one("SELECT count(*) FROM task_instance WHERE state = 'success' AND end_date >= to_timestamp(%s) "
+        return self.rows("SELECT count(*) FROM task_instance WHERE state = 'success' AND end_date >= to_timestamp(%s) "
                         "AND end_date < to_timestamp(%s)", begin, end)[0][0]
 
     def overheads(self, begin: float) -> dict:
         """Scheduled -> queued, queued -> running and the run time of the successful task instances
         that started after ``begin`` (epoch seconds), tile tasks and PU tasks apart."""
-        rows = self.one(
+        rows = self.rows(
             "SELECT map_index >= 0, EXTRACT(EPOCH FROM queued_dttm - scheduled_dttm), "
             "EXTRACT(EPOCH FROM start_date - queued_dttm), EXTRACT(EPOCH FROM end_date - start_date) "
             "FROM task_instance WHERE state = 'success' AND start_date >= to_timestamp(%s)", begin)
         out = {}
         for mapped, label in ((True, "tile tasks"), (False, "PU tasks")):
             chosen = [r for r in rows if r[0] is mapped]
-            out[label] = {name: _spread([float(r[i]) for r in chosen if r[i] is not None])
+            out[label] = {name: _spread([round(float(r[i]), 3) for r in chosen if r[i] is not None])
                           for i, name in ((1, "scheduled_to_queued_s"), (2, "queued_to_running_s"), (3, "running_s"))}
         return out
 
@@ -183,14 +173,12 @@ def soak(home: Path, pus: list[str] | None, minutes: float, slots: int, every_s:
         steady_rate = half / ((end - begin) / 2)
         size_after = database.size_bytes()
         overheads = database.overheads(begin)
-        # Task instances the production will have once every PU's tiles are expanded: per PU, its
-        # unmapped tasks plus one instance per tile of each mapped task (known once one PU planned).
-        per_pu = database.one(
-            "SELECT dag_id, count(*) FILTER (WHERE map_index < 0), count(DISTINCT task_id) FILTER (WHERE map_index >= 0) "
-            "FROM task_instance GROUP BY dag_id")
-        mapped_tasks = max((row[2] for row in per_pu), default=0)
-        unmapped = max((row[1] for row in per_pu), default=0)
-        expected = sum(unmapped + mapped_tasks * len(tiles[pu]) for pu in pus)
+        # Task instances the production has once every PU's tiles are expanded, from the DAG's
+        # own tasks (every PU DAG has the same): one per tile of each task of the mapped "tile"
+        # group, one of every other (a product tile's group counted once).
+        task_ids = [t["task_id"] for t in api.get(f"/api/v2/dags/{dag_ids[0]}/tasks")["tasks"]]
+        per_tile = sum(task_id.startswith("tile.") for task_id in task_ids)
+        expected = sum(len(task_ids) - per_tile + per_tile * len(tiles[pu]) for pu in pus)
     finally:
         if database:
             database.close()
@@ -212,7 +200,8 @@ def soak(home: Path, pus: list[str] | None, minutes: float, slots: int, every_s:
         "cpu_s_per_task": round(finished_cpu / max(1, succeeded), 2),
         "database_mib": {"before": round(size_before / 2**20, 1), "after": round(size_after / 2**20, 1),
                          "kib_per_task_instance": round((size_after - size_before) / 1024 / max(1, total_tis), 2)},
-        "dashboard_state_s": _spread(state_times), "dag_runs_list_s": _spread(run_times),
+        "dashboard_state_s": _spread([round(t, 3) for t in state_times]),
+        "dag_runs_list_s": _spread([round(t, 3) for t in run_times]),
         "api_failures": sum(s["dashboard_state_s"] is None for s in samples) + sum(s["dag_runs_s"] is None for s in samples),
         "peak_pss_gb": round(memory.peak_bytes / 2**30, 1),
         "hours_for_the_rest": round((expected - states.get("success", 0)) / steady_rate / 3600, 2)

@@ -21,7 +21,6 @@ product grid's, where blending measures distances) and reprojected to the tile's
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 
@@ -39,19 +38,24 @@ def reach_m(config) -> float:
 
 
 @lru_cache(maxsize=256)
-def _buffered(layout_path: str, mtime_ns: int, pu_id: str, distance_m: float):
-    """(digest of the PU's polygon, the polygon buffered by ``distance_m`` in its CRS, that CRS)."""
-    from clcplus_ops.geo.layout import load_layout
+def _buffered(layout_path: str, mtime_ns: int, pu_id: str, distance_m: float, epsg: int | None):
+    """(digest of the PU's polygon, the polygon buffered by ``distance_m`` in its own CRS and
+    reprojected to EPSG:``epsg`` (its own CRS when None), that own CRS)."""
+    from clcplus_ops.geo.layout import _reproject, load_layout
+    from clcplus_ops.postprocessing.mosaic import area_hash
 
+    if epsg is not None:  # from the cached buffer in the PU's own CRS
+        digest, own, crs = _buffered(layout_path, mtime_ns, pu_id, distance_m, None)
+        return digest, _reproject(own, crs, f"EPSG:{epsg}"), crs
     unit = load_layout(layout_path)[pu_id]
-    own = unit.geometry_in(unit.crs)
-    return hashlib.sha256(unit.geometry.wkb).hexdigest()[:16], own.buffer(distance_m), unit.crs
+    return area_hash(unit), unit.geometry_in(unit.crs).buffer(distance_m), unit.crs
 
 
-def pu_area(config, layout: str, pu_id: str):
-    """(polygon digest, buffered polygon, its CRS) of ``pu_id`` in ``layout``."""
+def buffered(config, layout: str, pu_id: str, distance_m: float, epsg: int | None = None):
+    """(digest of ``pu_id``'s polygon in ``layout``, the polygon buffered by ``distance_m`` in the
+    PU's CRS, reprojected to EPSG:``epsg`` when given); cached per layout file version."""
     path = str(config.layout_path(layout))
-    return _buffered(path, os.stat(path).st_mtime_ns, pu_id, float(reach_m(config)))
+    return _buffered(path, os.stat(path).st_mtime_ns, pu_id, float(distance_m), epsg)[:2]
 
 
 def identity(config, layout: str, pu_id: str) -> dict | None:
@@ -59,16 +63,8 @@ def identity(config, layout: str, pu_id: str) -> dict | None:
     ``inference.pu_area_only`` is off (the whole tile is classified)."""
     if not config.inference.pu_area_only:
         return None
-    digest, _, _ = pu_area(config, layout, pu_id)
+    digest, _ = buffered(config, layout, pu_id, reach_m(config))
     return {"pu_polygon": digest, "reach_m": reach_m(config)}
-
-
-@lru_cache(maxsize=64)
-def _in_crs(layout_path: str, mtime_ns: int, pu_id: str, distance_m: float, epsg: int):
-    from clcplus_ops.geo.layout import _reproject
-
-    _, geometry, crs = _buffered(layout_path, mtime_ns, pu_id, distance_m)
-    return _reproject(geometry, crs, f"EPSG:{epsg}")
 
 
 def needed(config, layout: str, pu_id: str, grid) -> np.ndarray | None:
@@ -83,5 +79,4 @@ def within(config, layout: str, pu_id: str, grid, distance_m: float) -> np.ndarr
     """bool (rows, cols) on ``grid``: pixel centres within ``distance_m`` of the PU's area."""
     from clcplus_ops.geo.masks import inside
 
-    path = str(config.layout_path(layout))
-    return inside(_in_crs(path, os.stat(path).st_mtime_ns, pu_id, float(distance_m), grid.epsg), grid)
+    return inside(buffered(config, layout, pu_id, distance_m, grid.epsg)[1], grid)
